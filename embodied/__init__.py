@@ -1,0 +1,1 @@
+"""The runtime: cluster, placement, workers, channels, runner, weight sync, logging, checkpoints."""

@@ -1,0 +1,321 @@
+"""The vectorised env API every simulator sits behind (see ../shared/DESIGN.md, "Data contracts").
+
+Two layers:
+- `EnvBatch`: a backend. M simulator instances stepped together, with no episode logic: it resets chosen
+  envs to given initial states and steps all of them once. ManiSkill (one CPU env, or a GPU batch), LIBERO,
+  the built-in toy envs implement this.
+- `VectorEnv`: what users and the runtime see. `reset`, `step`, `chunk_step`, auto-reset, time limits,
+  `ignore_terminations`, episode metrics and group-shared initial states. `EpisodeVectorEnv` implements it
+  once over any `EnvBatch`; `envs.workers.ProcessVectorEnv` splits the envs over worker processes, each
+  running an `EpisodeVectorEnv`, so one message per worker carries a whole action chunk.
+
+Observations are dicts of torch tensors, batch first:
+  main_images uint8 [N, H, W, 3] (rgb modes), wrist_images uint8 [N, H, W, 3] (optional),
+  states float32 [N, D], task_descriptions list[str] (length N).
+
+Initial states are named by integer ids that the backend interprets: a reset seed for ManiSkill, an index
+into the benchmark's fixed initial states for LIBERO. `group_size` consecutive envs get the same id.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from algorithms.registry import Registry
+from algorithms.schema import Config, ConfigError, param
+
+Obs = dict[str, Any]
+EPISODE_METRICS = ("success_once", "success_at_end", "return", "episode_len")
+
+
+@dataclass(frozen=True)
+class EnvConfig(Config):
+    """Fields every env type has; each env type extends this with its own (task, obs_mode, ...)."""
+
+    name: str = param(help="registered env type, e.g. maniskill, libero, colour_targets, math")
+    num_envs: int = param(8, help="number of parallel envs", ge=1)
+    group_size: int = param(1, help="consecutive envs that reset to the same initial state (GRPO groups)", ge=1)
+    max_episode_steps: int | None = param(None, help="time limit in env steps; null: the task's default", ge=1)
+    ignore_terminations: bool = param(False, help="episodes end only at the time limit, not at success/failure")
+    auto_reset: bool = param(True, help="reset finished envs at chunk end; false: they idle until reset()")
+    seed: int = param(0, help="seed of the initial-state stream", ge=0)
+    num_workers: int = param(1, help="worker processes the envs are split over (CPU simulators)", ge=1)
+
+    @classmethod
+    def subclass_for(cls, name: str) -> type[Config]:
+        return env_registry.get(name).config_class
+
+    def check(self) -> None:
+        if self.num_envs % self.group_size:
+            raise ConfigError(
+                f"{{section}}num_envs={self.num_envs} is not a multiple of group_size={self.group_size}; "
+                "every group needs all its members"
+            )
+        if self.num_workers > self.num_envs:
+            raise ConfigError(f"{{section}}num_workers={self.num_workers} exceeds num_envs={self.num_envs}")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a policy needs to know about an env to be built for it."""
+
+    action_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+    state_dim: int
+    image_size: tuple[int, int] | None  # (H, W) of main_images; None in state-only modes
+    has_wrist_image: bool
+    max_episode_steps: int
+    num_initial_states: int | None  # None: any integer id is an initial state (a seed)
+
+
+class EnvBatch(abc.ABC):
+    """M simulator instances stepped together, without episode logic (a backend)."""
+
+    num_envs: int
+    spec: EnvSpec
+
+    @abc.abstractmethod
+    def reset_envs(self, env_ids: np.ndarray, initial_state_ids: np.ndarray) -> Obs:
+        """Reset envs `env_ids` [K] to initial states `initial_state_ids` [K]; return the obs of all M envs."""
+
+    @abc.abstractmethod
+    def step(self, actions: torch.Tensor, active: np.ndarray) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray]:
+        """Step once with `actions` [M, A].
+
+        `active` [M] bool marks envs whose episode is still running; a backend may skip the others (their
+        outputs are ignored). Returns obs, reward float32 [M], terminated bool [M] (the task's own end: success
+        or failure), success bool [M].
+        """
+
+    def close(self) -> None:
+        """Release simulator resources."""
+
+
+class VectorEnv(abc.ABC):
+    """N envs behind one API. See the module docstring for the observation contract."""
+
+    num_envs: int
+    spec: EnvSpec
+
+    @abc.abstractmethod
+    def reset(self, seed: int | None = None, initial_state_ids: Sequence[int] | None = None) -> Obs:
+        """Reset all envs.
+
+        `initial_state_ids` [N]: explicit initial states (a fixed evaluation list). Otherwise ids are drawn
+        from a stream seeded by `seed` (default: the config's seed, then continuing), one per group of
+        `group_size` consecutive envs.
+        """
+
+    @abc.abstractmethod
+    def chunk_step(self, actions: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """Execute an action chunk `actions` [N, C, A].
+
+        Returns obs (after auto-reset), rewards float32 [N, C], terminations bool [N, C], truncations bool
+        [N, C], infos. An env whose episode ends at step c gets zero reward and no further flags after c.
+        Finished envs are reset once, at chunk end (when auto_reset). infos holds:
+          episode_done bool [N]: an episode ended in this chunk;
+          final_observation: the obs each env was in when its episode ended (rows valid where episode_done);
+          episode: {success_once, success_at_end, return, episode_len} tensors [N], valid where episode_done;
+          success bool [N, C]: the task's success flag after each step.
+        """
+
+    def step(self, actions: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """One env step, `actions` [N, A]: `chunk_step` with C = 1, flags squeezed to [N]."""
+        obs, rewards, terminations, truncations, infos = self.chunk_step(actions[:, None])
+        infos = {**infos, "success": infos["success"][:, 0]}
+        return obs, rewards[:, 0], terminations[:, 0], truncations[:, 0], infos
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop simulators and worker processes. Safe to call twice."""
+
+    def __enter__(self) -> VectorEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class EnvEntry:
+    """A registered env type: its config class and the function that builds its `EnvBatch` backends."""
+
+    config_class: type[EnvConfig]
+    make_batch: Any  # (config, env_ids: list[int]) -> EnvBatch, for the envs with those global indices
+    processes: bool  # True: one simulator per process on CPU, so the envs are split over worker processes
+
+
+env_registry: Registry[EnvEntry] = Registry("env", hint="Some env types need an extra: pip install -e .[maniskill]")
+
+
+def register_env(name: str, config_class: type[EnvConfig], processes: bool = False):
+    """Register an env type: decorate the function `(config, env_ids) -> EnvBatch` that builds its backend."""
+
+    def decorator(make_batch):
+        env_registry.register(name)(EnvEntry(config_class, make_batch, processes))
+        return make_batch
+
+    return decorator
+
+
+def draw_initial_state_ids(
+    rng: np.random.Generator, num_envs: int, group_size: int, num_initial_states: int | None
+) -> np.ndarray:
+    """One initial-state id per group of `group_size` consecutive envs, repeated within the group: [num_envs]."""
+    high = num_initial_states if num_initial_states is not None else 2**31 - 1
+    per_group = rng.integers(0, high, size=num_envs // group_size)
+    return np.repeat(per_group, group_size)
+
+
+def stack_obs(parts: Sequence[Obs]) -> Obs:
+    """Concatenate observation dicts along the batch axis (tensors with torch.cat, lists by extension)."""
+    out: Obs = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        out[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else [v for p in values for v in p]
+    return out
+
+
+def select_obs(obs: Obs, rows: np.ndarray | torch.Tensor) -> Obs:
+    """The observation rows `rows` (bool mask or indices) of every key."""
+    rows_np = rows.cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+    idx = np.flatnonzero(rows_np) if rows_np.dtype == bool else rows_np
+    return {
+        k: (v[torch.as_tensor(idx, device=v.device)] if isinstance(v, torch.Tensor) else [v[i] for i in idx])
+        for k, v in obs.items()
+    }
+
+
+def copy_obs_rows(dst: Obs, src: Obs, rows: np.ndarray) -> None:
+    """Write rows `rows` [N] bool of `src` into `dst` in place."""
+    idx = np.flatnonzero(rows)
+    for k, v in src.items():
+        if isinstance(v, torch.Tensor):
+            dst[k][torch.as_tensor(idx, device=v.device)] = v[torch.as_tensor(idx, device=v.device)]
+        else:
+            for i in idx:
+                dst[k][i] = v[i]
+
+
+def clone_obs(obs: Obs) -> Obs:
+    return {k: (v.clone() if isinstance(v, torch.Tensor) else list(v)) for k, v in obs.items()}
+
+
+def make_env(config: EnvConfig) -> VectorEnv:
+    """Build the vectorised env a config describes (worker processes where the simulator needs them)."""
+    entry = env_registry.get(config.name)
+    if not isinstance(config, entry.config_class):
+        config = entry.config_class.from_dict(dataclasses.asdict(config), path="env")
+    if entry.processes and config.num_workers > 1:
+        from envs.workers import ProcessVectorEnv
+
+        return ProcessVectorEnv(config)
+    return EpisodeVectorEnv(config, entry.make_batch(config, list(range(config.num_envs))))
+
+
+class EpisodeVectorEnv(VectorEnv):
+    """Episode logic over one `EnvBatch`: chunks, time limits, auto-reset, metrics, initial states."""
+
+    def __init__(self, config: EnvConfig, batch: EnvBatch, rng_offset: int = 0) -> None:
+        self.config = config
+        self.batch = batch
+        self.num_envs = batch.num_envs
+        limit = config.max_episode_steps or batch.spec.max_episode_steps
+        self.spec = dataclasses.replace(batch.spec, max_episode_steps=limit)
+        self._rng = np.random.default_rng([config.seed, rng_offset])
+        n = self.num_envs
+        self._running = np.zeros(n, bool)
+        self._return = np.zeros(n, np.float32)
+        self._length = np.zeros(n, np.int64)
+        self._success_once = np.zeros(n, bool)
+        self._obs: Obs | None = None
+        self._closed = False
+
+    # -- resets ---------------------------------------------------------------------------------------------
+    def reset(self, seed: int | None = None, initial_state_ids: Sequence[int] | None = None) -> Obs:
+        if initial_state_ids is None:
+            if seed is not None:
+                self._rng = np.random.default_rng([seed, 0])
+            ids = draw_initial_state_ids(self._rng, self.num_envs, self.config.group_size,
+                                         self.spec.num_initial_states)
+        else:
+            ids = np.asarray(initial_state_ids, dtype=np.int64)
+            if ids.shape != (self.num_envs,):
+                raise ValueError(f"initial_state_ids has shape {ids.shape}; expected ({self.num_envs},)")
+        self._obs = self._reset_rows(np.ones(self.num_envs, bool), ids)
+        return self._obs
+
+    def _reset_rows(self, rows: np.ndarray, ids: np.ndarray) -> Obs:
+        obs = self.batch.reset_envs(np.flatnonzero(rows), ids)
+        self._running[rows] = True
+        self._return[rows] = 0.0
+        self._length[rows] = 0
+        self._success_once[rows] = False
+        return obs
+
+    # -- stepping -------------------------------------------------------------------------------------------
+    def chunk_step(self, actions: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        if self._obs is None:
+            raise RuntimeError("call reset() before chunk_step()")
+        n, chunk = self.num_envs, actions.shape[1]
+        if actions.ndim != 3 or actions.shape[0] != n or actions.shape[2] != self.spec.action_dim:
+            raise ValueError(f"actions must be [N={n}, C, A={self.spec.action_dim}], got {tuple(actions.shape)}")
+        rewards = np.zeros((n, chunk), np.float32)
+        terminations = np.zeros((n, chunk), bool)
+        truncations = np.zeros((n, chunk), bool)
+        successes = np.zeros((n, chunk), bool)
+        episode_done = np.zeros(n, bool)
+        success_at_end = np.zeros(n, bool)
+        final_obs: Obs | None = None
+        obs = self._obs
+        for c in range(chunk):
+            active = self._running.copy()
+            if not active.any():
+                break
+            obs, reward, terminated, success = self.batch.step(actions[:, c], active)
+            self._return[active] += reward[active]
+            self._length[active] += 1
+            self._success_once[active] |= success[active]
+            rewards[active, c] = reward[active]
+            successes[active, c] = success[active]
+            term = active & terminated & (not self.config.ignore_terminations)
+            trunc = active & (self._length >= self.spec.max_episode_steps)
+            terminations[:, c], truncations[:, c] = term, trunc
+            ended = term | trunc
+            if ended.any():
+                final_obs = clone_obs(obs) if final_obs is None else final_obs
+                copy_obs_rows(final_obs, obs, ended)
+                success_at_end[ended] = success[ended]
+                episode_done |= ended
+                self._running[ended] = False
+        episode = {
+            "success_once": torch.from_numpy(self._success_once.copy()),
+            "success_at_end": torch.from_numpy(success_at_end),
+            "return": torch.from_numpy(self._return.copy()),
+            "episode_len": torch.from_numpy(self._length.copy()),
+        }
+        infos = {
+            "episode_done": torch.from_numpy(episode_done),
+            "final_observation": final_obs if final_obs is not None else obs,
+            "episode": episode,
+            "success": torch.from_numpy(successes),
+        }
+        if self.config.auto_reset and episode_done.any():
+            ids = draw_initial_state_ids(self._rng, self.num_envs, 1, self.spec.num_initial_states)
+            obs = self._reset_rows(episode_done, ids[episode_done])
+        self._obs = obs
+        return (obs, torch.from_numpy(rewards), torch.from_numpy(terminations),
+                torch.from_numpy(truncations), infos)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.batch.close()
