@@ -19,6 +19,13 @@ env_registry.register_lazy("colour_targets", "envs.colour_targets")
 env_registry.register_lazy("math", "envs.math", extra="llm")
 
 __all__ = [
-    "EnvBatch", "EnvConfig", "EnvSpec", "EpisodeVectorEnv", "Obs", "VectorEnv", "env_registry", "make_env",
+    "EnvBatch",
+    "EnvConfig",
+    "EnvSpec",
+    "EpisodeVectorEnv",
+    "Obs",
+    "VectorEnv",
+    "env_registry",
+    "make_env",
     "register_env",
 ]

@@ -41,9 +41,15 @@ class EnvConfig(Config):
 
     name: str = param(help="registered env type, e.g. maniskill, libero, colour_targets, math")
     num_envs: int = param(8, help="number of parallel envs", ge=1)
-    group_size: int = param(1, help="consecutive envs that reset to the same initial state (GRPO groups)", ge=1)
-    max_episode_steps: int | None = param(None, help="time limit in env steps; null: the task's default", ge=1)
-    ignore_terminations: bool = param(False, help="episodes end only at the time limit, not at success/failure")
+    group_size: int = param(
+        1, help="consecutive envs that reset to the same initial state (GRPO groups)", ge=1
+    )
+    max_episode_steps: int | None = param(
+        None, help="time limit in env steps; null: the task's default", ge=1
+    )
+    ignore_terminations: bool = param(
+        False, help="episodes end only at the time limit, not at success/failure"
+    )
     auto_reset: bool = param(True, help="reset finished envs at chunk end; false: they idle until reset()")
     seed: int = param(0, help="seed of the initial-state stream", ge=0)
     num_workers: int = param(1, help="worker processes the envs are split over (CPU simulators)", ge=1)
@@ -87,7 +93,9 @@ class EnvBatch(abc.ABC):
         """Reset envs `env_ids` [K] to initial states `initial_state_ids` [K]; return the obs of all M envs."""
 
     @abc.abstractmethod
-    def step(self, actions: torch.Tensor, active: np.ndarray) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray]:
+    def step(
+        self, actions: torch.Tensor, active: np.ndarray
+    ) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray]:
         """Step once with `actions` [M, A].
 
         `active` [M] bool marks envs whose episode is still running; a backend may skip the others (their
@@ -95,7 +103,7 @@ class EnvBatch(abc.ABC):
         or failure), success bool [M].
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: backends without resources need not override it
         """Release simulator resources."""
 
 
@@ -153,7 +161,9 @@ class EnvEntry:
     processes: bool  # True: one simulator per process on CPU, so the envs are split over worker processes
 
 
-env_registry: Registry[EnvEntry] = Registry("env", hint="Some env types need an extra: pip install -e .[maniskill]")
+env_registry: Registry[EnvEntry] = Registry(
+    "env", hint="Some env types need an extra: pip install -e .[maniskill]"
+)
 
 
 def register_env(name: str, config_class: type[EnvConfig], processes: bool = False):
@@ -175,12 +185,56 @@ def draw_initial_state_ids(
     return np.repeat(per_group, group_size)
 
 
+def check_initial_state_ids(ids: Sequence[int], num_envs: int, num_initial_states: int | None) -> np.ndarray:
+    """`ids` as an int64 array [num_envs], or a ValueError saying what is wrong with them."""
+    arr = np.asarray(ids)
+    if arr.shape != (num_envs,) or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(
+            f"initial_state_ids must be {num_envs} integers (one per env), got shape {arr.shape} "
+            f"of {arr.dtype}"
+        )
+    high = num_initial_states if num_initial_states is not None else 2**31
+    if arr.size and (arr.min() < 0 or arr.max() >= high):
+        raise ValueError(
+            f"initial_state_ids must lie in [0, {high}); got values from {arr.min()} to {arr.max()}"
+        )
+    return arr.astype(np.int64)
+
+
+class InitialStateStream:
+    """Where initial-state ids come from, identical however the envs are split over worker processes.
+
+    `reset()` draws group-shared ids for all envs from a stream seeded by the config's seed (a `seed` passed to
+    reset restarts it), plus a key for the episodes that follow. Auto-resets at chunk `k` after that reset use
+    `auto_reset_ids(key, k)`: ids for all N envs (shared within a group, so groups that end together restart
+    together), of which each env uses its own row. No state lives in the workers beyond the key.
+    """
+
+    def __init__(self, seed: int, num_envs: int, group_size: int, num_initial_states: int | None) -> None:
+        self._rng = np.random.default_rng(seed)
+        self.num_envs, self.group_size, self.num_initial_states = num_envs, group_size, num_initial_states
+
+    def draw_reset(self, seed: int | None = None) -> tuple[np.ndarray, int]:
+        """Ids [N] for a reset of all envs and the key of the auto-resets that follow it."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        ids = draw_initial_state_ids(self._rng, self.num_envs, self.group_size, self.num_initial_states)
+        return ids, int(self._rng.integers(0, 2**63 - 1))
+
+    def auto_reset_ids(self, key: int, chunk_index: int) -> np.ndarray:
+        """Ids [N] for the envs that auto-reset at the end of chunk `chunk_index` after the reset keyed `key`."""
+        rng = np.random.default_rng([key, chunk_index])
+        return draw_initial_state_ids(rng, self.num_envs, self.group_size, self.num_initial_states)
+
+
 def stack_obs(parts: Sequence[Obs]) -> Obs:
     """Concatenate observation dicts along the batch axis (tensors with torch.cat, lists by extension)."""
     out: Obs = {}
     for key in parts[0]:
         values = [p[key] for p in parts]
-        out[key] = torch.cat(values) if isinstance(values[0], torch.Tensor) else [v for p in values for v in p]
+        out[key] = (
+            torch.cat(values) if isinstance(values[0], torch.Tensor) else [v for p in values for v in p]
+        )
     return out
 
 
@@ -222,35 +276,45 @@ def make_env(config: EnvConfig) -> VectorEnv:
 
 
 class EpisodeVectorEnv(VectorEnv):
-    """Episode logic over one `EnvBatch`: chunks, time limits, auto-reset, metrics, initial states."""
+    """Episode logic over one `EnvBatch`: chunks, time limits, auto-reset, metrics, initial states.
 
-    def __init__(self, config: EnvConfig, batch: EnvBatch, rng_offset: int = 0) -> None:
+    In a worker process the batch holds envs `first_env ... first_env + batch.num_envs - 1` of the
+    `config.num_envs` envs; the parent draws the ids and calls `reset_to` with this worker's rows.
+    """
+
+    def __init__(self, config: EnvConfig, batch: EnvBatch, first_env: int = 0) -> None:
         self.config = config
         self.batch = batch
         self.num_envs = batch.num_envs
+        self.first_env = first_env
         limit = config.max_episode_steps or batch.spec.max_episode_steps
         self.spec = dataclasses.replace(batch.spec, max_episode_steps=limit)
-        self._rng = np.random.default_rng([config.seed, rng_offset])
+        self.stream = InitialStateStream(
+            config.seed, config.num_envs, config.group_size, self.spec.num_initial_states
+        )
         n = self.num_envs
         self._running = np.zeros(n, bool)
         self._return = np.zeros(n, np.float32)
         self._length = np.zeros(n, np.int64)
         self._success_once = np.zeros(n, bool)
         self._obs: Obs | None = None
+        self._auto_reset_key = 0
+        self._chunk_index = 0
         self._closed = False
 
     # -- resets ---------------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None, initial_state_ids: Sequence[int] | None = None) -> Obs:
-        if initial_state_ids is None:
-            if seed is not None:
-                self._rng = np.random.default_rng([seed, 0])
-            ids = draw_initial_state_ids(self._rng, self.num_envs, self.config.group_size,
-                                         self.spec.num_initial_states)
-        else:
-            ids = np.asarray(initial_state_ids, dtype=np.int64)
-            if ids.shape != (self.num_envs,):
-                raise ValueError(f"initial_state_ids has shape {ids.shape}; expected ({self.num_envs},)")
-        self._obs = self._reset_rows(np.ones(self.num_envs, bool), ids)
+        ids, key = self.stream.draw_reset(seed)
+        if initial_state_ids is not None:
+            ids = check_initial_state_ids(
+                initial_state_ids, self.config.num_envs, self.spec.num_initial_states
+            )
+        return self.reset_to(ids[self.first_env : self.first_env + self.num_envs], key)
+
+    def reset_to(self, initial_state_ids: np.ndarray, auto_reset_key: int) -> Obs:
+        """Reset all envs of this batch to `initial_state_ids` [M]; later auto-resets draw from `auto_reset_key`."""
+        self._auto_reset_key, self._chunk_index = auto_reset_key, 0
+        self._obs = self._reset_rows(np.ones(self.num_envs, bool), np.asarray(initial_state_ids, np.int64))
         return self._obs
 
     def _reset_rows(self, rows: np.ndarray, ids: np.ndarray) -> Obs:
@@ -265,15 +329,21 @@ class EpisodeVectorEnv(VectorEnv):
     def chunk_step(self, actions: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         if self._obs is None:
             raise RuntimeError("call reset() before chunk_step()")
-        n, chunk = self.num_envs, actions.shape[1]
-        if actions.ndim != 3 or actions.shape[0] != n or actions.shape[2] != self.spec.action_dim:
-            raise ValueError(f"actions must be [N={n}, C, A={self.spec.action_dim}], got {tuple(actions.shape)}")
-        rewards = np.zeros((n, chunk), np.float32)
-        terminations = np.zeros((n, chunk), bool)
-        truncations = np.zeros((n, chunk), bool)
-        successes = np.zeros((n, chunk), bool)
-        episode_done = np.zeros(n, bool)
-        success_at_end = np.zeros(n, bool)
+        actions = torch.as_tensor(actions)
+        n, a = self.num_envs, self.spec.action_dim
+        if actions.ndim != 3 or actions.shape[0] != n or actions.shape[2] != a:
+            raise ValueError(f"actions must be [N={n}, C, A={a}], got {tuple(actions.shape)}")
+        chunk = actions.shape[1]
+        out = {
+            k: np.zeros((n, chunk), dt)
+            for k, dt in (
+                ("rewards", np.float32),
+                ("terminations", bool),
+                ("truncations", bool),
+                ("success", bool),
+            )
+        }
+        episode_done, success_at_end = np.zeros(n, bool), np.zeros(n, bool)
         final_obs: Obs | None = None
         obs = self._obs
         for c in range(chunk):
@@ -284,11 +354,11 @@ class EpisodeVectorEnv(VectorEnv):
             self._return[active] += reward[active]
             self._length[active] += 1
             self._success_once[active] |= success[active]
-            rewards[active, c] = reward[active]
-            successes[active, c] = success[active]
-            term = active & terminated & (not self.config.ignore_terminations)
+            out["rewards"][active, c] = reward[active]
+            out["success"][active, c] = success[active]
+            term = active & terminated if not self.config.ignore_terminations else np.zeros(n, bool)
             trunc = active & (self._length >= self.spec.max_episode_steps)
-            terminations[:, c], truncations[:, c] = term, trunc
+            out["terminations"][:, c], out["truncations"][:, c] = term, trunc
             ended = term | trunc
             if ended.any():
                 final_obs = clone_obs(obs) if final_obs is None else final_obs
@@ -296,24 +366,38 @@ class EpisodeVectorEnv(VectorEnv):
                 success_at_end[ended] = success[ended]
                 episode_done |= ended
                 self._running[ended] = False
+        infos = self._chunk_infos(
+            episode_done, success_at_end, final_obs if final_obs is not None else obs, out["success"]
+        )
+        if self.config.auto_reset and episode_done.any():
+            ids = self.stream.auto_reset_ids(self._auto_reset_key, self._chunk_index)
+            local = ids[self.first_env : self.first_env + n]
+            obs = self._reset_rows(episode_done, local[episode_done])
+        self._chunk_index += 1
+        self._obs = obs
+        return (
+            obs,
+            torch.from_numpy(out["rewards"]),
+            torch.from_numpy(out["terminations"]),
+            torch.from_numpy(out["truncations"]),
+            infos,
+        )
+
+    def _chunk_infos(
+        self, episode_done: np.ndarray, success_at_end: np.ndarray, final_obs: Obs, success: np.ndarray
+    ) -> dict:
         episode = {
             "success_once": torch.from_numpy(self._success_once.copy()),
             "success_at_end": torch.from_numpy(success_at_end),
             "return": torch.from_numpy(self._return.copy()),
             "episode_len": torch.from_numpy(self._length.copy()),
         }
-        infos = {
+        return {
             "episode_done": torch.from_numpy(episode_done),
-            "final_observation": final_obs if final_obs is not None else obs,
+            "final_observation": final_obs,
             "episode": episode,
-            "success": torch.from_numpy(successes),
+            "success": torch.from_numpy(success),
         }
-        if self.config.auto_reset and episode_done.any():
-            ids = draw_initial_state_ids(self._rng, self.num_envs, 1, self.spec.num_initial_states)
-            obs = self._reset_rows(episode_done, ids[episode_done])
-        self._obs = obs
-        return (obs, torch.from_numpy(rewards), torch.from_numpy(terminations),
-                torch.from_numpy(truncations), infos)
 
     def close(self) -> None:
         if not self._closed:
