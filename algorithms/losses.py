@@ -41,7 +41,7 @@ PolicyLossFn = Callable[
     tuple[torch.Tensor, Metrics],
 ]
 
-loss_registry: Registry[PolicyLossFn] = Registry("policy loss")
+loss_registry: Registry[PolicyLossFn] = Registry("policy loss function")
 _MAX_LOG_RATIO = 20.0
 
 
