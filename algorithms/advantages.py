@@ -13,7 +13,9 @@ Layout of `AdvantageInputs` (time first; T = chunk steps of the rollout, N = env
   values[t+1, :, 0], and only values[T, :, 0] of the last row is read.
 - LLM: T = 1 (one response per "env") for outcome rewards [1, N]; or T = L tokens, rewards [L, N] with the
   score at the last token and terminations there, for token-level PPO with a critic.
-terminations / truncations / valid / final_values / logprobs / ref_logprobs have the rewards' shape.
+terminations / truncations / valid / logprobs / ref_logprobs have the rewards' shape; final_values too, or
+[T, N] with per-step rewards (one per chunk: an episode ends at most once per chunk). With per-step rewards
+and a per-chunk critic (values [T+1, N]) use algorithm.reward_level=chunk.
 
 Episode ends: a termination does not bootstrap; a truncation bootstraps with `final_values`, the value of the
 observation the episode was cut in (`infos["final_observation"]`). After a done the next entry starts a new
@@ -77,6 +79,9 @@ class AdvantageInputs:
         shape = tuple(self.rewards.shape)
         if self.rewards.ndim not in (2, 3):
             raise ValueError(f"rewards must be [T, N] or [T, N, C]; got shape {shape}")
+        if self.final_values is not None and self.rewards.ndim == 3 and self.final_values.ndim == 2:
+            # one final value per chunk: an episode ends at most once per chunk, so it serves every step
+            self.final_values = self.final_values.unsqueeze(-1).expand(shape)
         for name in ("terminations", "truncations", "final_values", "valid", "logprobs", "ref_logprobs"):
             t = getattr(self, name)
             if t is not None and tuple(t.shape) != shape:
@@ -87,11 +92,11 @@ class AdvantageInputs:
             t = getattr(self, name)
             if t is not None and t.dtype != torch.bool:
                 setattr(self, name, t.bool())
-        if self.values is not None and tuple(self.values.shape) != (shape[0] + 1,) + shape[1:]:
+        allowed = [(shape[0] + 1,) + shape[1:], (shape[0] + 1,) + shape[1:2]]
+        if self.values is not None and tuple(self.values.shape) not in allowed:
             raise ValueError(
                 f"values have shape {tuple(self.values.shape)}; with rewards {shape} they must be "
-                f"{(shape[0] + 1,) + shape[1:]} (one more time row, for bootstrapping). With per-chunk values and "
-                "per-step rewards set algorithm.reward_level=chunk"
+                f"{' or '.join(str(a) for a in dict.fromkeys(allowed))} (one more time row, for bootstrapping)"
             )
         if self.group_size < 1 or shape[1] % self.group_size:
             raise ValueError(f"N={shape[1]} envs cannot be split into groups of group_size={self.group_size}")
@@ -129,7 +134,7 @@ class AdvantageInputs:
             rewards=chunk_sum(self.rewards),
             terminations=term,
             truncations=trunc,
-            values=None if self.values is None else self.values[..., 0],
+            values=self.values if self.values is None or self.values.ndim == 2 else self.values[..., 0],
             final_values=final_values,
             valid=None if self.valid is None else mask.any(-1),
             logprobs=chunk_sum(self.logprobs),
@@ -153,8 +158,13 @@ def unflatten_steps(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x.reshape((t, c, n) + tuple(x.shape[2:])).transpose(1, 2)
 
 
-def flat_values(values: torch.Tensor) -> torch.Tensor:
+def flat_values(values: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
     """values [T+1, N] -> unchanged; [T+1, N, C] -> [T*C + 1, N] (the last row is values[T, :, 0])."""
+    if values.ndim < rewards.ndim:
+        raise ValueError(
+            f"per-step rewards {tuple(rewards.shape)} need per-step values [T+1, N, C], got {tuple(values.shape)}; "
+            "with a per-chunk critic set algorithm.reward_level=chunk"
+        )
     if values.ndim < 3:
         return values
     return torch.cat([flatten_steps(values[:-1]), values[-1:, :, 0]], dim=0)
@@ -209,7 +219,7 @@ def gae(inputs: AdvantageInputs, config: AlgorithmConfig) -> tuple[torch.Tensor,
             "reinforce_pp or mc_return"
         )
     check_invalid_follow_dones(inputs)
-    values = flat_values(inputs.values)
+    values = flat_values(inputs.values, inputs.rewards)
     rewards, dones, valid = (
         flatten_steps(inputs.rewards),
         flatten_steps(inputs.dones),
@@ -235,7 +245,7 @@ def mc_return(inputs: AdvantageInputs, config: AlgorithmConfig) -> tuple[torch.T
     (critic-free PPO); whitened when config.normalize_advantages. Shapes: those of rewards.
     """
     check_invalid_follow_dones(inputs)
-    values = None if inputs.values is None else flat_values(inputs.values)
+    values = None if inputs.values is None else flat_values(inputs.values, inputs.rewards)
     rewards, dones, valid = (
         flatten_steps(inputs.rewards),
         flatten_steps(inputs.dones),

@@ -86,6 +86,25 @@ def test_reward_level_chunk_sums_rewards_and_uses_first_step_value():
     torch.testing.assert_close(adv, torch.tensor([[12.0], [8.0]], dtype=D))
 
 
+def test_per_step_rewards_with_per_chunk_critic_and_final_values():
+    # Per-step rewards [T=2, N=1, C=2], per-chunk values 1, 2, 3, a truncation at step 0 of chunk 1 with one
+    # final value per chunk (8). reward_level=chunk: chunk rewards 1+1 = 2 and 1 (step 1 of chunk 1 did not
+    # run); gamma = lambda = 1: A_1 = 1 + 8 - 2 = 7, A_0 = 2 + 2 - 1 + A_1 = 10.
+    rewards = torch.ones(2, 1, 2, dtype=D)
+    trunc = torch.tensor([[[False, False]], [[True, False]]])
+    valid = torch.tensor([[[True, True]], [[True, False]]])
+    inputs = AdvantageInputs(
+        rewards,
+        no_dones((2, 1, 2)),
+        trunc,
+        values=torch.tensor([[1.0], [2.0], [3.0]], dtype=D),
+        final_values=torch.tensor([[0.0], [8.0]], dtype=D),
+        valid=valid,
+    )
+    adv, _ = compute_advantages(inputs, cfg(gamma=1.0, gae_lambda=1.0, reward_level="chunk"))
+    torch.testing.assert_close(adv, torch.tensor([[10.0], [7.0]], dtype=D))
+
+
 def test_normalize_advantages_whitens_valid_entries():
     rewards = torch.tensor([[1.0, 0.0], [3.0, 0.0]], dtype=D)
     valid = torch.tensor([[True, True], [True, False]])
@@ -114,10 +133,13 @@ def test_errors_name_the_fix():
         gae(AdvantageInputs(rewards, no_dones((2, 1)), trunc, values=torch.zeros(3, 1)), cfg())
     with pytest.raises(ValueError, match="needs values"):
         gae(AdvantageInputs(rewards, no_dones((2, 1)), no_dones((2, 1))), cfg())
+    per_step = AdvantageInputs(
+        torch.ones(2, 1, 3), no_dones((2, 1, 3)), no_dones((2, 1, 3)), values=torch.zeros(3, 1)
+    )
     with pytest.raises(ValueError, match="reward_level=chunk"):
-        AdvantageInputs(
-            torch.ones(2, 1, 3), no_dones((2, 1, 3)), no_dones((2, 1, 3)), values=torch.zeros(3, 1)
-        )
+        gae(per_step, cfg())
+    with pytest.raises(ValueError, match="one more time row"):
+        AdvantageInputs(rewards, no_dones((2, 1)), no_dones((2, 1)), values=torch.zeros(2, 1))
     with pytest.raises(ValueError, match="terminated or truncated"):
         valid = torch.tensor([[True], [False]])
         gae(
