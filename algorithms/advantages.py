@@ -122,9 +122,8 @@ class AdvantageInputs:
         final_values = None
         if self.final_values is not None:
             at_trunc = self.truncations & mask
-            final_values = torch.where(at_trunc, self.final_values, torch.zeros_like(self.final_values)).sum(
-                -1
-            )
+            kept = torch.where(at_trunc, self.final_values, torch.zeros_like(self.final_values))
+            final_values = kept.sum(-1)
 
         def chunk_sum(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else torch.where(mask, x, torch.zeros_like(x)).sum(-1)
@@ -220,11 +219,8 @@ def gae(inputs: AdvantageInputs, config: AlgorithmConfig) -> tuple[torch.Tensor,
         )
     check_invalid_follow_dones(inputs)
     values = flat_values(inputs.values, inputs.rewards)
-    rewards, dones, valid = (
-        flatten_steps(inputs.rewards),
-        flatten_steps(inputs.dones),
-        flatten_steps(inputs.mask),
-    )
+    rewards, dones = flatten_steps(inputs.rewards), flatten_steps(inputs.dones)
+    valid = flatten_steps(inputs.mask)
     deltas = rewards + config.gamma * bootstrap_values(inputs, values) - values[:-1].to(rewards.dtype)
     carry = config.gamma * config.gae_lambda * (~dones).to(rewards.dtype)
     advantages = torch.zeros_like(rewards)
@@ -241,22 +237,19 @@ def mc_return(inputs: AdvantageInputs, config: AlgorithmConfig) -> tuple[torch.T
     """Discounted Monte-Carlo returns R_t = r_t + gamma * (1 - done_t) * R_{t+1} (Sutton & Barto, ch. 5).
 
     Truncated episodes bootstrap with final_values (required when `values` are given; without a critic and
-    without final_values they end there); the rollout's last entry bootstraps with values[T] when given. Advantages: R_t - V(s_t) with a critic, R_t without
-    (critic-free PPO); whitened when config.normalize_advantages. Shapes: those of rewards.
+    without final_values they end there); the rollout's last entry bootstraps with values[T] when given.
+    Advantages: R_t - V(s_t) with a critic, R_t without (critic-free PPO); whitened when
+    config.normalize_advantages. Shapes: those of rewards.
     """
     check_invalid_follow_dones(inputs)
     values = None if inputs.values is None else flat_values(inputs.values, inputs.rewards)
-    rewards, dones, valid = (
-        flatten_steps(inputs.rewards),
-        flatten_steps(inputs.dones),
-        flatten_steps(inputs.mask),
-    )
+    rewards, dones = flatten_steps(inputs.rewards), flatten_steps(inputs.dones)
+    valid = flatten_steps(inputs.mask)
     nxt = bootstrap_values(inputs, values)
     trunc = flatten_steps(inputs.truncations & ~inputs.terminations)
     returns = torch.zeros_like(rewards)
-    last = nxt[
-        -1
-    ]  # values[T] after the rollout (0 without a critic or when the last entry ended its episode)
+    # R after the rollout's last entry: values[T] (0 without a critic; replaced below if that entry ended)
+    last = nxt[-1]
     for t in range(rewards.shape[0] - 1, -1, -1):
         last = torch.where(dones[t], torch.where(trunc[t], nxt[t], torch.zeros_like(last)), last)
         last = rewards[t] + config.gamma * last

@@ -66,7 +66,7 @@ def filter_groups(scores: torch.Tensor, group_size: int, tolerance: float = 0.0)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, penalty: float) -> torch.Tensor:
-    """DAPO's soft over-long punishment (eq. 13), scaled by `penalty`, as a float tensor of `lengths`' shape:
+    """DAPO's soft over-long punishment (§3.4), scaled by `penalty`, as a float tensor of `lengths`' shape:
 
         0                                         if |y| <= max_length - buffer
         penalty * ((max_length - buffer) - |y|) / buffer   if max_length - buffer < |y| <= max_length
