@@ -1,11 +1,8 @@
-"""Policy losses (registered by name, `algorithm.loss`), the value loss, and the combined training loss.
+"""Policy losses (registered by name, `algorithm.loss`) and the value loss.
 
-What the runtime calls per micro-batch:
-
-    loss, metrics = compute_loss(LossInputs(...), config)     # then loss.backward()
-
-Pure pieces, usable on their own (all tensors batch-first; `mask` bool with a shape that is a prefix of the
-data's, or None; every function returns `(loss, metrics)` with `metrics` a dict of detached 0-d tensors):
+The runtime calls `algorithms.objective.compute_loss`, which reduces log-probs to the configured granularity
+and adds these terms up. The pieces, usable on their own (tensors batch-first; `mask` bool with a shape that
+is a prefix of the data's, or None; each returns `(loss, metrics)`, metrics a dict of detached 0-d tensors):
 
     ppo_actor_loss(logprobs, old_logprobs, advantages, mask, *, clip_ratio_low, clip_ratio_high,
                    clip_ratio_c=None, loss_agg_mode="token-mean", denominator=None)
@@ -62,13 +59,12 @@ def _importance_ratio(
 
 def _ratio_metrics(ratio: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor) -> Metrics:
     ratio, log_ratio = ratio.detach(), log_ratio.detach()
+    valid_ratios = torch.where(mask, ratio, torch.zeros_like(ratio))  # ratios are > 0, so 0 never wins
     return {
         # KL(old || new) estimated from samples of the old policy with k3 (always >= 0)
         "approx_kl": masked_mean((ratio - 1.0) - log_ratio, mask),
         "ratio_mean": masked_mean(ratio, mask),
-        "ratio_max": torch.where(mask, ratio, torch.zeros_like(ratio)).max()
-        if ratio.numel()
-        else ratio.sum(),
+        "ratio_max": valid_ratios.max() if ratio.numel() else valid_ratios.sum(),
     }
 
 
