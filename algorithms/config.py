@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from algorithms.masked import LossAggMode
 from algorithms.registry import did_you_mean
 from algorithms.schema import Config, ConfigError, param
 
@@ -68,7 +69,7 @@ class AlgorithmConfig(Config):
     kl_estimator: KlEstimator = param(
         "k3", help="KL estimator for the loss term: k1 | k2 | k3 (Schulman 2020)"
     )
-    loss_agg_mode: str = param(
+    loss_agg_mode: LossAggMode = param(
         "token-mean",
         help="how per-token losses become a scalar: token-mean | seq-mean-token-sum | seq-mean-token-mean",
     )
@@ -90,12 +91,10 @@ class AlgorithmConfig(Config):
     def check(self) -> None:
         from algorithms.advantages import advantage_registry
         from algorithms.losses import loss_registry
-        from algorithms.masked import LOSS_AGG_MODES
 
         for key, value, known in (
             ("advantage", self.advantage, advantage_registry.names()),
             ("loss", self.loss, loss_registry.names()),
-            ("loss_agg_mode", self.loss_agg_mode, list(LOSS_AGG_MODES)),
         ):
             if value not in known:
                 raise ConfigError(
