@@ -141,6 +141,11 @@ class VectorEnv(abc.ABC):
         infos = {**infos, "success": infos["success"][:, 0]}
         return obs, rewards[:, 0], terminations[:, 0], truncations[:, 0], infos
 
+    def record_step_frames(self, enabled: bool) -> None:
+        """Opt in to `infos["frames"]`: main_images after every step of a chunk, uint8 [N, C, H, W, 3] (for
+        videos; rows of envs whose episode ended earlier in the chunk repeat their last frame)."""
+        raise TypeError(f"{type(self).__name__} cannot record per-step frames")
+
     @abc.abstractmethod
     def close(self) -> None:
         """Stop simulators and worker processes. Safe to call twice."""
@@ -300,6 +305,7 @@ class EpisodeVectorEnv(VectorEnv):
         self._obs: Obs | None = None
         self._auto_reset_key = 0
         self._chunk_index = 0
+        self._keep_frames = False
         self._closed = False
 
     # -- resets ---------------------------------------------------------------------------------------------
@@ -325,6 +331,13 @@ class EpisodeVectorEnv(VectorEnv):
         self._success_once[rows] = False
         return obs
 
+    def record_step_frames(self, enabled: bool) -> None:
+        if enabled and self.spec.image_size is None:
+            raise ValueError(
+                "this env has no main_images to record (use an image observation mode, e.g. rgb)"
+            )
+        self._keep_frames = enabled
+
     # -- stepping -------------------------------------------------------------------------------------------
     def chunk_step(self, actions: torch.Tensor) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         if self._obs is None:
@@ -346,11 +359,14 @@ class EpisodeVectorEnv(VectorEnv):
         episode_done, success_at_end = np.zeros(n, bool), np.zeros(n, bool)
         final_obs: Obs | None = None
         obs = self._obs
+        frames = []
         for c in range(chunk):
             active = self._running.copy()
             if not active.any():
                 break
             obs, reward, terminated, success = self.batch.step(actions[:, c], active)
+            if self._keep_frames:
+                frames.append(self._frame(obs, active, frames))
             self._return[active] += reward[active]
             self._length[active] += 1
             self._success_once[active] |= success[active]
@@ -369,6 +385,9 @@ class EpisodeVectorEnv(VectorEnv):
         infos = self._chunk_infos(
             episode_done, success_at_end, final_obs if final_obs is not None else obs, out["success"]
         )
+        if self._keep_frames:
+            frames += [frames[-1] if frames else self._obs["main_images"]] * (chunk - len(frames))
+            infos["frames"] = torch.stack(frames, 1)
         if self.config.auto_reset and episode_done.any():
             ids = self.stream.auto_reset_ids(self._auto_reset_key, self._chunk_index)
             local = ids[self.first_env : self.first_env + n]
@@ -382,6 +401,15 @@ class EpisodeVectorEnv(VectorEnv):
             torch.from_numpy(out["truncations"]),
             infos,
         )
+
+    def _frame(self, obs: Obs, active: np.ndarray, frames: list) -> torch.Tensor:
+        """This step's main_images, with the last frame kept for envs that already ended."""
+        images = obs["main_images"]
+        if active.all():
+            return images.clone()
+        previous = frames[-1] if frames else self._obs["main_images"]
+        keep = torch.as_tensor(active, device=images.device)[:, None, None, None]
+        return torch.where(keep, images, previous)
 
     def _chunk_infos(
         self, episode_done: np.ndarray, success_at_end: np.ndarray, final_obs: Obs, success: np.ndarray

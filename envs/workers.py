@@ -99,6 +99,8 @@ def _worker_main(conn, parent_pid: int, config: EnvConfig, make_batch, env_ids: 
                 conn.send(("ok", to_numpy_tree(env.chunk_step(torch.from_numpy(payload)))))
             elif command == "reset_to":
                 conn.send(("ok", to_numpy_tree(env.reset_to(*payload))))
+            elif command == "record_step_frames":
+                conn.send(("ok", env.record_step_frames(payload)))
             elif command == "close":
                 break
             else:
@@ -235,7 +237,16 @@ class ProcessVectorEnv(VectorEnv):
             "episode": {k: torch.cat([i["episode"][k] for i in infos]) for k in infos[0]["episode"]},
             "success": torch.cat([i["success"] for i in infos]),
         }
+        if "frames" in infos[0]:
+            merged["frames"] = torch.cat([i["frames"] for i in infos])
         return obs, rewards, terminations, truncations, merged
+
+    def record_step_frames(self, enabled: bool) -> None:
+        if enabled and self.spec.image_size is None:  # checked here: a worker's error would stop all workers
+            raise ValueError(
+                "this env has no main_images to record (use an image observation mode, e.g. rgb)"
+            )
+        self._send_all("record_step_frames", [enabled] * len(self._conns))
 
     def close(self) -> None:
         if not self._closed:
