@@ -63,8 +63,14 @@ class Registry(Generic[T]):
             try:
                 importlib.import_module(module)
             except ImportError as exc:
-                how = f"pip install -e .[{extra}] (or bash scripts/setup.sh)" if extra else "bash scripts/setup.sh"
-                raise ImportError(f"{self.kind} {name!r} needs {exc.name or exc}, which is not installed: {how}") from exc
+                how = (
+                    f"pip install -e .[{extra}] (or bash scripts/setup.sh)"
+                    if extra
+                    else "bash scripts/setup.sh"
+                )
+                raise ImportError(
+                    f"{self.kind} {name!r} needs {exc.name or exc}, which is not installed: {how}"
+                ) from exc
         if name not in self._entries:
             known = self.names()
             raise UnknownNameError(

@@ -89,8 +89,11 @@ def _type_name(tp: Any) -> str:
 
 
 def _wrong_type(value: Any, expected: str) -> ConfigError:
-    return ConfigError("{key}=" + repr(value).replace("{", "{{").replace("}", "}}")
-                       + f" has the wrong type; expected {expected}")
+    return ConfigError(
+        "{key}="
+        + repr(value).replace("{", "{{").replace("}", "}}")
+        + f" has the wrong type; expected {expected}"
+    )
 
 
 def _convert(value: Any, tp: Any) -> Any:
@@ -175,9 +178,15 @@ def _check_constraints(value: Any, meta: Mapping[str, Any]) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         hint = did_you_mean(str(value), [str(c) for c in choices])
-        raise ConfigError("{key}=" + shown + f" is not allowed.{hint} Allowed: {', '.join(map(repr, choices))}")
-    bounds = [("ge", ">=", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-              ("le", "<=", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b)]
+        raise ConfigError(
+            "{key}=" + shown + f" is not allowed.{hint} Allowed: {', '.join(map(repr, choices))}"
+        )
+    bounds = [
+        ("ge", ">=", lambda v, b: v >= b),
+        ("gt", ">", lambda v, b: v > b),
+        ("le", "<=", lambda v, b: v <= b),
+        ("lt", "<", lambda v, b: v < b),
+    ]
     for key, symbol, ok in bounds:
         bound = meta.get(key)
         if bound is not None and isinstance(value, (int, float)) and not ok(value, bound):
