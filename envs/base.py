@@ -280,6 +280,22 @@ def make_env(config: EnvConfig) -> VectorEnv:
     return EpisodeVectorEnv(config, entry.make_batch(config, list(range(config.num_envs))))
 
 
+class _Chunk:
+    """What one `chunk_step` accumulates: per-step outputs [N, C], episode ends, the final observations."""
+
+    def __init__(self, n: int, length: int, obs: Obs) -> None:
+        self.length = length
+        self.rewards = np.zeros((n, length), np.float32)
+        self.terminations = np.zeros((n, length), bool)
+        self.truncations = np.zeros((n, length), bool)
+        self.success = np.zeros((n, length), bool)
+        self.episode_done = np.zeros(n, bool)
+        self.success_at_end = np.zeros(n, bool)
+        self.final_obs: Obs | None = None
+        self.frames: list[torch.Tensor] = []
+        self.obs = obs  # the latest observation
+
+
 class EpisodeVectorEnv(VectorEnv):
     """Episode logic over one `EnvBatch`: chunks, time limits, auto-reset, metrics, initial states.
 
@@ -346,61 +362,54 @@ class EpisodeVectorEnv(VectorEnv):
         n, a = self.num_envs, self.spec.action_dim
         if actions.ndim != 3 or actions.shape[0] != n or actions.shape[2] != a:
             raise ValueError(f"actions must be [N={n}, C, A={a}], got {tuple(actions.shape)}")
-        chunk = actions.shape[1]
-        out = {
-            k: np.zeros((n, chunk), dt)
-            for k, dt in (
-                ("rewards", np.float32),
-                ("terminations", bool),
-                ("truncations", bool),
-                ("success", bool),
-            )
-        }
-        episode_done, success_at_end = np.zeros(n, bool), np.zeros(n, bool)
-        final_obs: Obs | None = None
-        obs = self._obs
-        frames = []
-        for c in range(chunk):
-            active = self._running.copy()
-            if not active.any():
+        chunk = _Chunk(n, actions.shape[1], self._obs)
+        for c, step_actions in enumerate(actions.unbind(1)):
+            if not self._running.any():
                 break
-            obs, reward, terminated, success = self.batch.step(actions[:, c], active)
-            if self._keep_frames:
-                frames.append(self._frame(obs, active, frames))
-            self._return[active] += reward[active]
-            self._length[active] += 1
-            self._success_once[active] |= success[active]
-            out["rewards"][active, c] = reward[active]
-            out["success"][active, c] = success[active]
-            term = active & terminated if not self.config.ignore_terminations else np.zeros(n, bool)
-            trunc = active & (self._length >= self.spec.max_episode_steps)
-            out["terminations"][:, c], out["truncations"][:, c] = term, trunc
-            ended = term | trunc
-            if ended.any():
-                final_obs = clone_obs(obs) if final_obs is None else final_obs
-                copy_obs_rows(final_obs, obs, ended)
-                success_at_end[ended] = success[ended]
-                episode_done |= ended
-                self._running[ended] = False
-        infos = self._chunk_infos(
-            episode_done, success_at_end, final_obs if final_obs is not None else obs, out["success"]
-        )
-        if self._keep_frames:
-            frames += [frames[-1] if frames else self._obs["main_images"]] * (chunk - len(frames))
-            infos["frames"] = torch.stack(frames, 1)
-        if self.config.auto_reset and episode_done.any():
+            self._advance(chunk, c, step_actions)
+        infos = self._chunk_infos(chunk)
+        obs = chunk.obs
+        if self.config.auto_reset and chunk.episode_done.any():
             ids = self.stream.auto_reset_ids(self._auto_reset_key, self._chunk_index)
             local = ids[self.first_env : self.first_env + n]
-            obs = self._reset_rows(episode_done, local[episode_done])
+            obs = self._reset_rows(chunk.episode_done, local[chunk.episode_done])
         self._chunk_index += 1
         self._obs = obs
         return (
             obs,
-            torch.from_numpy(out["rewards"]),
-            torch.from_numpy(out["terminations"]),
-            torch.from_numpy(out["truncations"]),
+            torch.from_numpy(chunk.rewards),
+            torch.from_numpy(chunk.terminations),
+            torch.from_numpy(chunk.truncations),
             infos,
         )
+
+    def _advance(self, chunk: _Chunk, c: int, actions: torch.Tensor) -> None:
+        """Step c of a chunk: one backend step, then the episode bookkeeping of the envs that were running.
+
+        Masks apply by arithmetic rather than fancy indexing: this runs once per physics step.
+        """
+        active = self._running.copy()
+        obs, reward, terminated, success = self.batch.step(actions, active)
+        if self._keep_frames:
+            chunk.frames.append(self._frame(obs, active, chunk.frames))
+        reward, success = np.where(active, reward, np.float32(0)), success & active
+        self._return += reward
+        self._length += active
+        self._success_once |= success
+        chunk.rewards[:, c], chunk.success[:, c] = reward, success
+        if not self.config.ignore_terminations:
+            chunk.terminations[:, c] = term = active & terminated
+        else:
+            term = chunk.terminations[:, c]  # all False
+        chunk.truncations[:, c] = trunc = active & (self._length >= self.spec.max_episode_steps)
+        chunk.obs = obs
+        ended = term | trunc
+        if ended.any():
+            chunk.final_obs = clone_obs(obs) if chunk.final_obs is None else chunk.final_obs
+            copy_obs_rows(chunk.final_obs, obs, ended)
+            chunk.success_at_end[ended] = success[ended]
+            chunk.episode_done |= ended
+            self._running[ended] = False
 
     def _frame(self, obs: Obs, active: np.ndarray, frames: list) -> torch.Tensor:
         """This step's main_images, with the last frame kept for envs that already ended."""
@@ -411,21 +420,24 @@ class EpisodeVectorEnv(VectorEnv):
         keep = torch.as_tensor(active, device=images.device)[:, None, None, None]
         return torch.where(keep, images, previous)
 
-    def _chunk_infos(
-        self, episode_done: np.ndarray, success_at_end: np.ndarray, final_obs: Obs, success: np.ndarray
-    ) -> dict:
+    def _chunk_infos(self, chunk: _Chunk) -> dict:
         episode = {
             "success_once": torch.from_numpy(self._success_once.copy()),
-            "success_at_end": torch.from_numpy(success_at_end),
+            "success_at_end": torch.from_numpy(chunk.success_at_end),
             "return": torch.from_numpy(self._return.copy()),
             "episode_len": torch.from_numpy(self._length.copy()),
         }
-        return {
-            "episode_done": torch.from_numpy(episode_done),
-            "final_observation": final_obs,
+        infos = {
+            "episode_done": torch.from_numpy(chunk.episode_done),
+            "final_observation": chunk.final_obs if chunk.final_obs is not None else chunk.obs,
             "episode": episode,
-            "success": torch.from_numpy(success),
+            "success": torch.from_numpy(chunk.success),
         }
+        if self._keep_frames:
+            frames = chunk.frames
+            frames += [frames[-1] if frames else self._obs["main_images"]] * (chunk.length - len(frames))
+            infos["frames"] = torch.stack(frames, 1)
+        return infos
 
     def close(self) -> None:
         if not self._closed:

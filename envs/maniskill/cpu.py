@@ -16,6 +16,28 @@ from envs.maniskill.config import ManiSkillConfig
 from envs.maniskill.tasks import instruction_for
 
 
+def seeded_reset(env, seed: int):
+    """`env.reset(seed=seed)` of a single-env ManiSkill env, ~0.4-0.7 ms faster per episode here.
+
+    ManiSkill's seeded reset calls `torch.manual_seed`, which on a CPU-only torch also records a lazy CUDA
+    re-seed with a formatted stack trace (a large part of the cost), and re-creates its main RNG, which only
+    draws seeds for unseeded resets (this backend never makes one). Here the RNGs an episode is drawn from are
+    seeded directly (ManiSkill's episode RNG; torch's CPU generator, restored afterwards as ManiSkill's
+    `fork_rng` does), then an unseeded reset, which leaves them as they are, initialises the episode: the same
+    initial state (tested against `env.reset(seed=...)`). Tasks that rebuild their scene on reset
+    (reconfiguration_freq != 0) take ManiSkill's own path.
+    """
+    if env.reconfiguration_freq != 0:
+        return env.reset(seed=seed)
+    env._set_episode_rng(seed, torch.zeros(1, dtype=torch.long))
+    rng_state = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        return env.reset()
+    finally:
+        torch.set_rng_state(rng_state)
+
+
 class ManiSkillCPUBatch(EnvBatch):
     def __init__(self, config: ManiSkillConfig, env_ids: list[int]) -> None:
         self.num_envs = len(env_ids)
@@ -40,7 +62,7 @@ class ManiSkillCPUBatch(EnvBatch):
 
     def reset_envs(self, env_ids: np.ndarray, initial_state_ids: np.ndarray) -> Obs:
         for i, seed in zip(env_ids.tolist(), initial_state_ids.tolist()):
-            raw, _ = self.envs[i].reset(seed=seed)
+            raw, _ = seeded_reset(self.envs[i], seed)
             self._rows[i] = self.adapter(raw)
         return self._stacked()
 
@@ -50,11 +72,10 @@ class ManiSkillCPUBatch(EnvBatch):
         m = self.num_envs
         reward, terminated, success = np.zeros(m, np.float32), np.zeros(m, bool), np.zeros(m, bool)
         actions = actions.to(torch.float32)
-        for i in np.flatnonzero(active).tolist():
+        for i in range(m) if active.all() else np.flatnonzero(active).tolist():
             raw, r, term, _, info = self.envs[i].step(actions[i : i + 1])
             self._rows[i] = self.adapter(raw)
-            reward[i] = r.item()
-            terminated[i] = term.item()
+            reward[i], terminated[i] = r.item(), term.item()
             if "success" in info:
                 success[i] = info["success"].item()
         return self._stacked(), reward, terminated, success

@@ -29,7 +29,9 @@ def representatives(env_ids: np.ndarray, ids: np.ndarray) -> tuple[dict[int, int
     for row, state_id in zip(env_ids.tolist(), ids.tolist()):
         first.setdefault(state_id, row)
     followers = sorted(
-        (row, first[state_id]) for row, state_id in zip(env_ids.tolist(), ids.tolist()) if first[state_id] != row
+        (row, first[state_id])
+        for row, state_id in zip(env_ids.tolist(), ids.tolist())
+        if first[state_id] != row
     )
     rows = np.array([f[0] for f in followers], np.int64)
     sources = np.array([f[1] for f in followers], np.int64)
@@ -71,7 +73,9 @@ class ManiSkillGPUBatch(EnvBatch):
             self._obs = self._with_text(self.adapter(raw))
         return self._obs
 
-    def step(self, actions: torch.Tensor, active: np.ndarray) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray]:
+    def step(
+        self, actions: torch.Tensor, active: np.ndarray
+    ) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray]:
         # every row steps (a GPU batch cannot skip rows); the episode logic ignores the inactive ones
         raw, reward, terminated, _, info = self.env.step(actions.to(self.device, torch.float32))
         self._obs = self._with_text(self.adapter(raw))

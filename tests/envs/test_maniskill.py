@@ -169,3 +169,27 @@ def test_gpu_backend_batches_with_group_shared_partial_resets(obs_mode):
             assert obs["main_images"].shape == (8, 64, 64, 3) and obs["main_images"].dtype == torch.uint8
     finally:
         env.close()
+
+
+@sim
+@pytest.mark.parametrize("task", ["PushCube-v1", "PickCube-v1", "StackCube-v1"])
+def test_the_fast_seeded_reset_gives_maniskills_seeded_initial_state(task):
+    from envs.maniskill import ManiSkillConfig
+    from envs.maniskill.common import make_raw_env
+    from envs.maniskill.cpu import seeded_reset
+
+    env = make_raw_env(ManiSkillConfig(task=task, num_envs=1), num_envs=1)
+    try:
+        for seed in (0, 123, 2**31 - 2):
+            env.reset(seed=seed + 1)  # some other state in between
+            torch.manual_seed(99)
+            ours, _ = seeded_reset(env, seed)
+            after_ours = torch.rand(3)
+            state_ours = env.get_state()
+            torch.manual_seed(99)
+            theirs, _ = env.reset(seed=seed)
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+            torch.testing.assert_close(state_ours, env.get_state(), rtol=0, atol=0)
+            torch.testing.assert_close(after_ours, torch.rand(3))  # torch's global RNG is left as it was
+    finally:
+        env.close()

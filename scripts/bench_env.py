@@ -1,0 +1,249 @@
+"""Env steps per second through the env API against raw simulator stepping, measured in the same run.
+
+    python scripts/bench_env.py                       # ManiSkill PushCube-v1, state and rgb
+    python scripts/bench_env.py --modes state --num-envs 8 --workers 2 --seconds 5 --rounds 3
+
+ManiSkill block: for each observation mode,
+  raw        gym.make(task) + step loop in this process (the baseline; resets on time limit / termination)
+  api-1      the env API, 1 env in this process (make_env, num_workers=1), chunks of --chunk actions
+  api-N      N envs in this process, stepped one after the other
+  workers-N  N envs over --workers processes (ProcessVectorEnv), one message per worker per chunk
+  async-N    gymnasium's AsyncVectorEnv over --workers processes, one message per step (for comparison)
+Each measurement runs --seconds and the kinds take turns for --rounds rounds, so that load from other processes
+hits all kinds alike; ratios are medians over rounds of the ratio within a round. The in-process kinds also
+report steps per CPU second of this process, which other processes disturb less. Steps count env steps
+actually simulated (not the idle rest of a chunk after an episode ended).
+Goals: api-1 / raw >= 0.95 (overhead <= 5 %), workers-N / api-N >= 1.5 with 2 workers for state obs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import torch
+
+Stepper = Callable[[], int]  # runs a bit of simulation, returns the env steps it simulated
+
+
+def timed(stepper: Stepper, seconds: float) -> tuple[float, float]:
+    """(env steps per wall second, env steps per CPU second of this process) over about `seconds`."""
+    steps, wall, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds:
+        steps += stepper()
+    return steps / (time.perf_counter() - wall), steps / max(time.process_time() - cpu, 1e-9)
+
+
+# -- steppers ------------------------------------------------------------------------------------------------
+def raw_maniskill(task: str, obs_mode: str, control_mode: str, image_size: int):
+    import gymnasium as gym
+    import mani_skill.envs  # noqa: F401
+
+    kwargs = dict(obs_mode=obs_mode, control_mode=control_mode, sim_backend="physx_cpu", render_backend="cpu")
+    if obs_mode == "rgb":
+        kwargs["sensor_configs"] = dict(width=image_size, height=image_size)
+    env = gym.make(task, **kwargs)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(256, *env.action_space.shape)).astype(np.float32)
+    state = {"t": 0}
+
+    def step() -> int:
+        _, _, terminated, truncated, _ = env.step(actions[state["t"] % 256])
+        state["t"] += 1
+        if bool(terminated) or bool(truncated):
+            env.reset()
+        return 1
+
+    return step, env.close
+
+
+def api_stepper(config, chunk: int):
+    from envs import make_env
+
+    env = make_env(config)
+    env.reset(seed=0)
+    g = torch.Generator().manual_seed(0)
+    low, high = torch.tensor(env.spec.action_low), torch.tensor(env.spec.action_high)
+    actions = [
+        low + (high - low) * torch.rand(env.num_envs, chunk, env.spec.action_dim, generator=g)
+        for _ in range(8)
+    ]
+    state = {"t": 0}
+
+    def step() -> int:
+        _, _, terms, truncs, infos = env.chunk_step(actions[state["t"] % 8])
+        state["t"] += 1
+        ends = (terms | truncs).float().argmax(1) + 1
+        return int(torch.where(infos["episode_done"], ends, torch.full_like(ends, chunk)).sum())
+
+    return step, env.close
+
+
+def async_gymnasium(task: str, obs_mode: str, control_mode: str, image_size: int, num_envs: int):
+    import gymnasium as gym
+
+    kwargs = dict(obs_mode=obs_mode, control_mode=control_mode, sim_backend="physx_cpu", render_backend="cpu")
+    if obs_mode == "rgb":
+        kwargs["sensor_configs"] = dict(width=image_size, height=image_size)
+    env = gym.vector.AsyncVectorEnv([_GymFactory(task, kwargs)] * num_envs, context="spawn")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(64, *env.action_space.shape)).astype(np.float32)
+    state = {"t": 0}
+
+    def step() -> int:
+        env.step(actions[state["t"] % 64])
+        state["t"] += 1
+        return num_envs
+
+    return step, env.close
+
+
+class _GymFactory:
+    """A picklable env factory for AsyncVectorEnv workers (ManiSkill's own CPU wrapper, auto-reset by gym)."""
+
+    def __init__(self, task: str, kwargs: dict) -> None:
+        self.task, self.kwargs = task, kwargs
+
+    def __call__(self):
+        import gymnasium as gym
+        import mani_skill.envs  # noqa: F401
+        from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
+
+        import envs.maniskill  # noqa: F401  (the project's asset folder)
+
+        return CPUGymWrapper(gym.make(self.task, **self.kwargs))
+
+
+# -- the ManiSkill block -----------------------------------------------------------------------------------------
+def bench_maniskill(args) -> list[str]:
+    import envs.maniskill  # noqa: F401  (sets MS_ASSET_DIR before mani_skill is imported)
+
+    lines = []
+    for mode in args.modes:
+        n = args.num_envs if mode == "state" else args.rgb_num_envs
+        seconds = args.seconds if mode == "state" else args.seconds * 2
+        rates = measure(maniskill_makers(args, mode, n), seconds, args.rounds)
+        lines += report(
+            f"maniskill {args.task} {mode} {args.control_mode} chunk={args.chunk}", rates, n, args, mode
+        )
+    return lines
+
+
+def maniskill_makers(args, mode: str, n: int) -> dict[str, Callable]:
+    from envs import EnvConfig
+
+    base = {
+        "name": "maniskill",
+        "task": args.task,
+        "obs_mode": mode,
+        "control_mode": args.control_mode,
+        "image_size": args.image_size,
+    }
+
+    def api(**overrides):
+        return api_stepper(EnvConfig.from_dict({**base, **overrides}, path="env"), args.chunk)
+
+    makers = {
+        "raw": partial(raw_maniskill, args.task, mode, args.control_mode, args.image_size),
+        "api-1": partial(api, num_envs=1),
+        f"api-{n}": partial(api, num_envs=n),
+        f"workers-{n}": partial(api, num_envs=n, num_workers=args.workers),
+    }
+    if args.async_baseline:
+        makers[f"async-{n}"] = partial(
+            async_gymnasium, args.task, mode, args.control_mode, args.image_size, n
+        )
+    return makers
+
+
+def measure(makers: dict[str, Callable], seconds: float, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per kind, one (wall, cpu) rate per round; the kinds take turns within each round."""
+    steppers = {}
+    try:
+        for name, make in makers.items():
+            steppers[name] = make()
+            timed(steppers[name][0], min(1.0, seconds / 2))  # warm-up
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in makers}
+        for _ in range(rounds):
+            for name, (step, _) in steppers.items():
+                samples[name].append(timed(step, seconds))
+        return samples
+    finally:
+        for _, close in steppers.values():
+            close()
+
+
+def ratio(samples: dict, a: str, b: str, cpu: bool = False) -> float:
+    """Median over rounds of rate(a) / rate(b): each round's two figures were measured seconds apart."""
+    k = 1 if cpu else 0
+    return statistics.median(x[k] / y[k] for x, y in zip(samples[a], samples[b]))
+
+
+def report(title: str, samples: dict, n: int, args, mode: str) -> list[str]:
+    lines = [f"## {title} ({len(samples['raw'])} rounds)"]
+    for name, values in samples.items():
+        wall = statistics.median(v[0] for v in values)
+        lines.append(
+            f"  {name:<12} {wall:9.1f} env steps/s (median; min {min(v[0] for v in values):.1f}, "
+            f"max {max(v[0] for v in values):.1f})"
+        )
+    api, cpu_api = ratio(samples, "api-1", "raw"), ratio(samples, "api-1", "raw", cpu=True)
+    verdict = "PASS" if 1 - api <= 0.05 else "FAIL"
+    lines.append(
+        f"  api-1 / raw            = {api:.3f} wall, {cpu_api:.3f} per CPU second  "
+        f"(overhead {1 - api:+.1%}; goal <= 5 %: {verdict})"
+    )
+    speedup = ratio(samples, f"workers-{n}", f"api-{n}")
+    goal = (
+        f"; goal >= 1.5x: {'PASS' if speedup >= 1.5 else 'FAIL'}"
+        if mode == "state" and args.workers == 2
+        else ""
+    )
+    lines.append(
+        f"  workers-{n} / api-{n}    = {speedup:.2f}x  ({args.workers} workers over 1 process{goal})"
+    )
+    lines.append(f"  workers-{n} / raw       = {ratio(samples, f'workers-{n}', 'raw'):.2f}x")
+    if f"async-{n}" in samples:
+        lines.append(
+            f"  async-{n} / api-{n}      = {ratio(samples, f'async-{n}', f'api-{n}'):.2f}x  "
+            "(gymnasium AsyncVectorEnv, one step per message)"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", default="PushCube-v1")
+    parser.add_argument("--modes", nargs="+", default=["state", "rgb"], choices=["state", "rgb"])
+    parser.add_argument("--control-mode", default="pd_joint_delta_pos")
+    parser.add_argument("--num-envs", type=int, default=8, help="N for state observations")
+    parser.add_argument("--rgb-num-envs", type=int, default=2, help="N for rgb observations")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk", type=int, default=8, help="actions per chunk_step")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per measurement (rgb: twice this)")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds of turns (rgb: half, at least 3)")
+    parser.add_argument("--no-async-baseline", dest="async_baseline", action="store_false")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load = os.getloadavg()
+    print(
+        f"cores: {os.cpu_count()}, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True
+    )
+    lines = bench_maniskill(args)
+    print("\n".join(lines))
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+if __name__ == "__main__":  # worker processes start with spawn and re-import this file
+    main()
