@@ -54,6 +54,8 @@ class PolicyOutput:
     logprobs: torch.Tensor  # [N, C, A] per token
     values: torch.Tensor | None  # [N] or [N, C]; None for critic-free policies
     forward_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    # bool, logprobs' shape: the entries that are real (a causal LM's response tokens up to EOS); None: all
+    logprob_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -103,14 +105,7 @@ class Policy(nn.Module, abc.ABC):
     # -- Hugging Face layout --------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json and model.safetensors, atomically (a crash leaves the old files intact)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = {"policy": self.config.to_dict(), "env_spec": _spec_to_dict(self.env_spec)}
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2)))
+        write_pretrained(directory, self.config, self.env_spec, self.state_dict())
 
     def load_weights(self, directory: str | os.PathLike) -> None:
         """Load model.safetensors strictly; a mismatch names the first offending parameter."""
@@ -122,8 +117,13 @@ class Policy(nn.Module, abc.ABC):
         load_state_dict_strict(self, load_file(str(path)), source=str(path))
 
 
-def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """`module.load_state_dict(state)` with errors that name the first mismatching parameter and its shapes."""
+def load_state_dict_strict(
+    module: nn.Module, state: dict[str, torch.Tensor], source: str, assign: bool = False
+) -> None:
+    """`module.load_state_dict(state)` with errors that name the first mismatching parameter and its shapes.
+
+    `assign=True` makes the module take the checkpoint's tensors (needed when it was built on the meta device).
+    """
     own = module.state_dict()
     for name, tensor in state.items():
         if name not in own:
@@ -136,7 +136,22 @@ def load_state_dict_strict(module: nn.Module, state: dict[str, torch.Tensor], so
     if missing:
         raise ValueError(f"{source}: the checkpoint lacks parameter {missing[0]!r} ({len(missing)} missing in all); "
                          "the policy config does not match the checkpoint")
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=True, assign=assign)
+
+
+def write_pretrained(
+    directory: str | os.PathLike, config: PolicyConfig, env_spec: EnvSpec, state: dict[str, torch.Tensor]
+) -> None:
+    """The layout of `Policy.save_pretrained` from a config and a full state dict (e.g. gathered from FSDP
+    shards, where no unsharded module exists to call `save_pretrained` on)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"policy": config.to_dict(), "env_spec": _spec_to_dict(env_spec)}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2)))
 
 
 def _atomic_write(path: Path, write: Any) -> None:
