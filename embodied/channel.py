@@ -1,0 +1,140 @@
+"""Channels: asynchronous FIFOs between worker groups, with keyed sub-queues.
+
+A `Channel` is a name plus the handles of its consumer workers. `put(item, key, rank)` in a producer sends
+the item straight into consumer `rank`'s `Mailbox` (a Ray actor call that returns at once), so no queue actor
+sits in the middle and no data passes through the driver. Items larger than `INLINE_BYTES` travel as
+object refs (`ray.put` in the producer; the consumer fetches from the object store); small ones inline in the
+call. `get(key)` in the consumer blocks on its local mailbox; `get_any(keys)` returns whichever key has an
+item first, which is what lets a rollout worker serve pipeline stages in the order the env finishes them.
+
+Each key is one producer's ordered stream: items carry a sequence number and the mailbox hands them out in
+that order even when Ray delivers calls to a threaded actor out of order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+
+INLINE_BYTES = 64 * 1024
+
+
+class ChannelTimeout(RuntimeError):
+    """No item arrived in time: the peer that should have sent it is stuck or gone."""
+
+
+@dataclasses.dataclass
+class _ByRef:
+    """An item stored in Ray's object store; the mailbox resolves it on `get`."""
+
+    ref: Any
+
+
+def payload_bytes(item: Any) -> int:
+    """Bytes of the tensors inside `item` (nested dicts, lists, tuples, dataclasses)."""
+    if isinstance(item, torch.Tensor):
+        return item.element_size() * item.nelement()
+    if isinstance(item, dict):
+        return sum(payload_bytes(v) for v in item.values())
+    if isinstance(item, (list, tuple)):
+        return sum(payload_bytes(v) for v in item)
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return sum(payload_bytes(getattr(item, f.name)) for f in dataclasses.fields(item))
+    return 0
+
+
+class Mailbox:
+    """The per-process receiving end of all channels: (channel, key) -> items by sequence number."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._items: dict[tuple[str, Hashable], dict[int, Any]] = defaultdict(dict)
+        self._expected: dict[tuple[str, Hashable], int] = defaultdict(int)
+
+    def deliver(self, channel: str, key: Hashable, seq: int, item: Any) -> None:
+        with self._cond:
+            self._items[(channel, key)][seq] = item
+            self._cond.notify_all()
+
+    def _ready(self, channel: str, keys: Sequence[Hashable]) -> Hashable | None:
+        for key in keys:
+            if self._expected[(channel, key)] in self._items[(channel, key)]:
+                return key
+        return None
+
+    def get_any(self, channel: str, keys: Sequence[Hashable], timeout: float) -> tuple[Hashable, Any]:
+        """The next item of whichever of `keys` has one first (ties: the earlier key)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            key = self._ready(channel, keys)
+            while key is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ChannelTimeout(
+                        f"no item on channel {channel!r} for keys {list(keys)} within {timeout:.0f}s: the worker "
+                        "that sends them is stuck or gone (raise rollout.channel_timeout_s if it is just slow)"
+                    )
+                self._cond.wait(left)
+                key = self._ready(channel, keys)
+            slot = (channel, key)
+            item = self._items[slot].pop(self._expected[slot])
+            self._expected[slot] += 1
+        if isinstance(item, _ByRef):
+            import ray
+
+            item = ray.get(item.ref)
+        return key, item
+
+    def pending(self) -> int:
+        """Items delivered but not yet taken (all channels)."""
+        with self._cond:
+            return sum(len(v) for v in self._items.values())
+
+
+_LOCAL_MAILBOX = Mailbox()
+
+
+def local_mailbox() -> Mailbox:
+    """This process's mailbox (each worker process has exactly one)."""
+    return _LOCAL_MAILBOX
+
+
+class Channel:
+    """A named FIFO from one worker group to the workers `consumers` (Ray actor handles, by rank)."""
+
+    def __init__(self, name: str, consumers: Sequence[Any], timeout: float = 600.0) -> None:
+        self.name = name
+        self.consumers = list(consumers)
+        self.timeout = timeout
+        self._next_seq: dict[tuple[Hashable, int], int] = defaultdict(int)
+
+    def __getstate__(self) -> dict:
+        # each process that receives a copy starts its own sequence numbers: keys have one producer each
+        return {"name": self.name, "consumers": self.consumers, "timeout": self.timeout}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["name"], state["consumers"], state["timeout"])
+
+    def put(self, item: Any, key: Hashable, rank: int) -> None:
+        """Send `item` under `key` to consumer `rank`; returns at once."""
+        import ray
+
+        seq = self._next_seq[(key, rank)]
+        self._next_seq[(key, rank)] = seq + 1
+        if payload_bytes(item) > INLINE_BYTES:
+            item = _ByRef(ray.put(item))
+        self.consumers[rank].deliver.remote(self.name, key, seq, item)
+
+    def get(self, key: Hashable) -> Any:
+        """The next item under `key` in this process's mailbox (blocks up to the channel's timeout)."""
+        return local_mailbox().get_any(self.name, [key], self.timeout)[1]
+
+    def get_any(self, keys: Sequence[Hashable]) -> tuple[Hashable, Any]:
+        """(key, item): the next item of whichever of `keys` has one first."""
+        return local_mailbox().get_any(self.name, keys, self.timeout)

@@ -1,0 +1,159 @@
+"""The worker groups of a run, wired together: what the runner calls, one method per step of the algorithm.
+
+`Components` starts the env, rollout and (for training) actor groups on their slots, connects them with
+channels (env -> rollout: observations, rollout -> env: actions, rollout -> actor: trajectories), builds the
+policy once the env workers report the env's spec, and joins the actor ranks into one FSDP2 process group.
+Its methods hide the plumbing (fan-out, routing, versions, offloading) so the runner reads as the algorithm.
+An eval-only run (`with_actor=False`) starts env and rollout workers only and loads a checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from embodied.channel import Channel
+from embodied.cluster import Cluster
+from embodied.config import EvalConfig, TrainConfig
+from embodied.evaluation import split_ids, summarize
+from embodied.routing import RolloutPlan, plan_rollout
+from embodied.worker import wait_all
+from embodied.workers.actor_worker import ActorWorker
+from embodied.workers.env_worker import EnvWorker
+from embodied.workers.rollout_worker import RolloutWorker
+
+
+def offload_when_idle(config: TrainConfig, cluster: Cluster) -> bool:
+    """Collocated on GPUs, rollout and actor take turns and move their state to CPU while idle."""
+    if config.actor.offload != "auto":
+        return config.actor.offload == "on"
+    placement = cluster.placement
+    return (
+        cluster.device == "cuda" and "actor" in placement.slots and placement.shares_slots("actor", "rollout")
+    )
+
+
+class Components:
+    """Env, rollout and actor worker groups on a `Cluster` (see the module docstring)."""
+
+    def __init__(self, cluster: Cluster, config: TrainConfig, with_actor: bool = True) -> None:
+        self.cluster, self.config = cluster, config
+        slots = cluster.placement.slots
+        self.plan: RolloutPlan = plan_rollout(
+            config.env.num_envs,
+            config.env.group_size,
+            len(slots["env"]),
+            config.rollout.pipeline_stages,
+            len(slots["rollout"]),
+            len(slots["actor"]) if with_actor else 1,
+        )
+        seed, offload = config.run.seed, offload_when_idle(config, cluster)
+        # all groups start at once: the env workers create simulators while the others import their models
+        self.env = cluster.spawn("env", EnvWorker, config.env, config.rollout, self.plan)
+        self.rollout = cluster.spawn("rollout", RolloutWorker, config.policy, self.plan, seed, offload)
+        self.actor = None
+        if with_actor:
+            self.actor = cluster.spawn(
+                "actor",
+                ActorWorker,
+                config.policy,
+                config.actor,
+                config.algorithm,
+                self.plan,
+                config.env.group_size,
+                seed,
+                offload,
+            )
+        groups = [g for g in (self.env, self.rollout, self.actor) if g is not None]
+        cluster.ready(groups)
+        self.env_spec = self.env.call("spec", ranks=[0]).wait()[0]
+        self._connect()
+        setups = [self.rollout.setup(self.env_spec)]
+        if self.actor is not None:
+            host, port = self.actor.call("master_address", ranks=[0]).wait()[0]
+            setups.append(self.actor.setup(self.env_spec, host, port))
+        wait_all(*setups)
+        self.version = 0
+
+    def _connect(self) -> None:
+        timeout = self.config.rollout.channel_timeout_s
+        observations = Channel("observations", self.rollout.handles, timeout)
+        actions = Channel("actions", self.env.handles, timeout)
+        trajectories = (
+            Channel("trajectories", self.actor.handles, timeout) if self.actor is not None else None
+        )
+        calls = [
+            self.env.connect(observations, actions),
+            self.rollout.connect(observations, actions, trajectories),
+        ]
+        if self.actor is not None:
+            calls.append(self.actor.connect(trajectories))
+        wait_all(*calls)
+
+    # -- the steps of an iteration --------------------------------------------------------------------------------
+    def rollout_epoch(self, reset_seed: int | None = None) -> dict[str, Any]:
+        """One rollout epoch on all envs; trajectories go to the actor workers. Returns the finished episodes,
+        env steps, and the env's simulation / the rollout's inference seconds (max over workers)."""
+        env_call = self.env.rollout_epoch(self.config.rollout.num_steps, reset_seed)
+        rollout_call = self.rollout.generate("train", self.version)
+        wait_all(env_call, rollout_call)
+        env_results, rollout_results = env_call.wait(), rollout_call.wait()
+        return {
+            "episodes": [e for r in env_results for e in r["episodes"]],
+            "env_steps": sum(r["env_steps"] for r in env_results),
+            "sim_seconds": max(r["sim_seconds"] for r in env_results),
+            "infer_seconds": max(r["infer_seconds"] for r in rollout_results),
+        }
+
+    def compute_advantages(self) -> dict[str, float]:
+        return self.actor.compute_advantages().wait()[0]
+
+    def train(self) -> dict[str, float]:
+        return self.actor.train().wait()[0]
+
+    def sync_weights(self) -> int:
+        """Actor -> rollout: the full weights go from actor rank 0 through Ray's object store (not the
+        driver) to every rollout worker. Returns the new version."""
+        call = self.actor.sync_weights()
+        wait_all(call)
+        versions = self.rollout.load_weights(call.result_refs[0]).wait()
+        self.version = versions[0]
+        return self.version
+
+    def evaluate(self, eval_config: EvalConfig, video_dir: Path | None) -> tuple[dict[str, float], list[str]]:
+        """Deterministic episodes from the fixed initial states; returns `eval/*` metrics and video paths."""
+        start = eval_config.first_initial_state
+        ids = list(range(start, start + eval_config.num_episodes))
+        shares = split_ids(ids, len(self.plan.units))
+        per_unit = {u.index: shares[u.index] for u in self.plan.units}
+        if video_dir is not None:
+            video_dir.mkdir(parents=True, exist_ok=True)
+        env_call = self.env.evaluate(per_unit, eval_config, None if video_dir is None else str(video_dir))
+        rollout_call = self.rollout.generate("eval")
+        wait_all(env_call, rollout_call)
+        results = env_call.wait()
+        episodes = [e for r in results for e in r["episodes"]]
+        return summarize(episodes), [v for r in results for v in r["videos"]]
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def save_checkpoint(self, folder: Path) -> None:
+        call = self.actor.save_checkpoint(str(folder))
+        states = self.rollout.get_rng_state().wait()
+        call.wait()
+        for rank, state in enumerate(states):
+            torch.save(state, folder / f"rng_rollout_{rank}.pt")
+
+    def load_checkpoint(self, folder: Path) -> None:
+        self.actor.load_checkpoint(str(folder)).wait()
+        for rank in range(len(self.rollout)):
+            path = folder / f"rng_rollout_{rank}.pt"
+            if path.is_file():
+                self.rollout.call("set_rng_state", torch.load(path, weights_only=False), ranks=[rank]).wait()
+        self.sync_weights()
+
+    def worker_processes(self) -> dict[str, list[dict]]:
+        """pid, cores and child pids of every worker, by group (for tests and diagnostics)."""
+        groups = {"env": self.env, "rollout": self.rollout, "actor": self.actor}
+        return {name: g.process_info().wait() for name, g in groups.items() if g is not None}

@@ -1,0 +1,85 @@
+"""FSDP2 over the actor workers: process group, sharding, full state dicts for weight sync and checkpoints.
+
+On CPU the process group is gloo; on GPU it is NCCL for CUDA tensors with gloo beside it for CPU tensors
+(full state dicts are gathered with CPU offload). Each actor worker is one rank; Ray gives it its own GPU
+(or CPU cores). A policy may name submodules to shard as their own FSDP2 units (e.g. transformer layers)
+with a method `fsdp_units() -> list[nn.Module]`; the policy itself is always the root unit, and its
+`evaluate` method runs under FSDP2's hooks like `forward` does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from policies.base import Policy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def init_process_group(host: str, port: int, rank: int, world_size: int, device: str) -> None:
+    os.environ.update(MASTER_ADDR=host, MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    os.environ.setdefault("LOCAL_RANK", "0")
+    backend = "cpu:gloo,cuda:nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(0)  # Ray exposes exactly this worker's GPU
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
+
+
+def shard(policy: Policy, device: str, precision: str, reshard_after_forward: bool) -> Policy:
+    """`fully_shard` the policy's units and the policy over all ranks, in place; returns the policy."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    mesh = init_device_mesh(device, (dist.get_world_size(),))
+    kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    if precision == "bf16":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    units = policy.fsdp_units() if hasattr(policy, "fsdp_units") else []
+    for unit in units:
+        fully_shard(unit, **kwargs)
+    fully_shard(policy, **kwargs)
+    register_fsdp_forward_method(policy, "evaluate")
+    return policy
+
+
+def _options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """All ranks call this; rank 0 gets the full weights on CPU, the others an empty dict."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_options(cpu_offload=True))
+
+
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Every rank passes the full weights (e.g. read from a checkpoint file); each keeps its shard."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_options(strict=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """All ranks call this; rank 0 gets the full optimizer state (keyed by parameter names) on CPU."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=_options())

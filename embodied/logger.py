@@ -1,0 +1,160 @@
+"""Metrics to TensorBoard (always) and Weights & Biases, and progress on the console.
+
+W&B runs offline by default (files under the run folder, `wandb sync` uploads them later) and online when
+WANDB_API_KEY is set or `logger.wandb.mode=online`. The resolved config goes to both (TensorBoard: as text).
+Eval videos (mp4) go to W&B as videos and to TensorBoard as animated GIFs in the images tab.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from embodied.config import LoggerConfig
+
+
+def wandb_mode(config: LoggerConfig) -> str:
+    mode = config.wandb.mode
+    if mode == "auto":
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    return mode
+
+
+class MetricLogger:
+    """Scalars and videos of one run folder."""
+
+    def __init__(self, run_dir: Path, config: LoggerConfig, config_tree: dict, run_name: str) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.tensorboard.add_text(
+            "config", "```\n" + yaml.safe_dump(config_tree, sort_keys=False) + "\n```", 0
+        )
+        self.wandb = None
+        mode = wandb_mode(config)
+        if mode != "disabled":
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self.wandb = wandb.init(
+                project=config.wandb.project,
+                entity=config.wandb.entity,
+                name=f"{run_name}-{self.run_dir.name}",
+                dir=str(self.run_dir),
+                mode=mode,
+                config=config_tree,
+                resume="allow",
+                id=f"{run_name}-{self.run_dir.name}".replace("/", "-"),
+            )
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.tensorboard.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(dict(metrics), step=step)
+
+    def log_video(self, key: str, path: str, step: int, fps: int = 10) -> None:
+        self._tensorboard_gif(key, path, step, fps)
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({key: wandb.Video(path, format="mp4")}, step=step)
+
+    def _tensorboard_gif(self, key: str, path: str, step: int, fps: int) -> None:
+        import imageio.v2 as imageio
+        from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        frames = [Image.fromarray(f) for f in imageio.mimread(path, memtest=False)]
+        if not frames:
+            return
+        buffer = io.BytesIO()
+        frames[0].save(
+            buffer, format="GIF", save_all=True, append_images=frames[1:], duration=1000 // fps, loop=0
+        )
+        image = Summary.Image(
+            height=frames[0].height,
+            width=frames[0].width,
+            colorspace=3,
+            encoded_image_string=buffer.getvalue(),
+        )
+        self.tensorboard._get_file_writer().add_summary(
+            Summary(value=[Summary.Value(tag=key, image=image)]), step
+        )
+
+    def close(self) -> None:
+        self.tensorboard.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class Progress:
+    """Iteration, env steps, success rate, return, env steps/s and ETA: a rich bar on a terminal, plain lines
+    otherwise."""
+
+    def __init__(self, total_env_steps: int, style: str, start_steps: int = 0) -> None:
+        self.total = total_env_steps
+        self.start_steps = start_steps
+        self.started = time.monotonic()
+        self.rich = style == "rich" or (style == "auto" and sys.stdout.isatty())
+        self._bar = None
+        if self.rich:
+            from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA {task.fields[eta]}"),
+            )
+            self._task = self._bar.add_task(
+                "train", total=total_env_steps, completed=start_steps, stats="", eta="?"
+            )
+            self._bar.start()
+
+    def eta_seconds(self, env_steps: int) -> float | None:
+        done = env_steps - self.start_steps
+        if done <= 0:
+            return None
+        rate = done / (time.monotonic() - self.started)
+        return max(0.0, (self.total - env_steps) / rate)
+
+    def update(self, iteration: int, env_steps: int, metrics: dict[str, Any]) -> None:
+        eta = self.eta_seconds(env_steps)
+        eta_text = (
+            "?" if eta is None else time.strftime("%M:%S" if eta < 3600 else "%H:%M:%S", time.gmtime(eta))
+        )
+        parts = [f"it {iteration}", f"steps {env_steps:,}"]
+        for key, label, fmt in (
+            ("env/success_once", "success", "{:.2f}"),
+            ("env/return", "return", "{:.2f}"),
+            ("eval/success_once", "eval", "{:.2f}"),
+            ("throughput/env_steps_per_s", "steps/s", "{:.0f}"),
+        ):
+            if key in metrics:
+                parts.append(f"{label} {fmt.format(metrics[key])}")
+        stats = "  ".join(parts)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=min(env_steps, self.total), stats=stats, eta=eta_text)
+        else:
+            elapsed = time.monotonic() - self.started
+            print(f"[{elapsed:7.1f}s] {stats}  ETA {eta_text}", flush=True)
+
+    def message(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,103 @@
+"""Placement: which resource slots each component (env, rollout, actor) uses, and the mode that follows.
+
+A slot is a GPU, or on a machine without GPUs a share of the CPUs (`cluster.num_slots`, by default one per
+CPU). `cluster.component_placement` gives each component a set of slots, one worker per slot:
+
+    {env: all, rollout: all, actor: all}   collocated: the components take turns on the same slots
+    {env: 0, rollout: 1, actor: 2}         disaggregated: disjoint slots, env and rollout pipelined
+    {env: 0, rollout: 1, actor: all}       hybrid: anything in between
+
+The mode is read off the overlap; the same run config switches mode by changing only the cluster section.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from algorithms.schema import ConfigError
+from embodied.config import COMPONENTS, ClusterConfig
+
+_RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
+
+
+def parse_slots(spec: str | int, num_slots: int, component: str) -> tuple[int, ...]:
+    """'all' | 'a-b' | 'a,b,c' | n -> sorted slot indices, checked against the cluster's `num_slots`."""
+    key = f"cluster.component_placement.{component}"
+    text = str(spec).strip()
+    if text == "all":
+        slots = list(range(num_slots))
+    else:
+        slots = []
+        for part in text.split(","):
+            match = _RANGE.match(part)
+            if match:
+                lo, hi = int(match.group(1)), int(match.group(2))
+                if hi < lo:
+                    raise ConfigError(f"{key}={spec!r}: range {part.strip()} runs backwards; write {hi}-{lo}")
+                slots.extend(range(lo, hi + 1))
+            elif part.strip().isdigit():
+                slots.append(int(part))
+            else:
+                raise ConfigError(
+                    f"{key}={spec!r} is not a slot set; write 'all', a range '0-3', a list '0,2' or one slot '1'"
+                )
+    if len(set(slots)) != len(slots):
+        raise ConfigError(f"{key}={spec!r} names a slot twice")
+    beyond = [s for s in slots if s >= num_slots]
+    if beyond:
+        raise ConfigError(
+            f"{key}={spec!r} asks for slot{'s' if len(beyond) > 1 else ''} {', '.join(map(str, beyond))} but the "
+            f"cluster has {num_slots} slot{'s' if num_slots != 1 else ''} (0-{num_slots - 1}); use slots that "
+            "exist, or raise cluster.num_slots on a machine without GPUs"
+        )
+    return tuple(sorted(slots))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Slots per component and the mode their overlap gives."""
+
+    num_slots: int
+    slots: dict[str, tuple[int, ...]]
+
+    @property
+    def mode(self) -> str:
+        sets = [set(s) for s in self.slots.values()]
+        if all(s == sets[0] for s in sets):
+            return "collocated"
+        if all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1 :]):
+            return "disaggregated"
+        return "hybrid"
+
+    def shares_slots(self, a: str, b: str) -> bool:
+        return bool(set(self.slots[a]) & set(self.slots[b]))
+
+    def workers_on(self, slot: int) -> int:
+        """How many workers (of all components) sit on `slot`."""
+        return sum(slot in self.slots[c] for c in self.slots)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{c} {list(s)}" for c, s in self.slots.items())
+        return f"{self.mode} placement on {self.num_slots} slots: {parts}"
+
+
+def resolve_placement(
+    config: ClusterConfig, num_slots: int, components: tuple[str, ...] = COMPONENTS
+) -> Placement:
+    """The placement of `components` that `config` asks for on a cluster with `num_slots` slots."""
+    slots = {c: parse_slots(config.component_placement[c], num_slots, c) for c in components}
+    empty = [c for c, s in slots.items() if not s]
+    if empty:
+        raise ConfigError(f"cluster.component_placement.{empty[0]} has no slots")
+    return Placement(num_slots, slots)
+
+
+def slot_cores(slot: int, num_slots: int, cores: list[int]) -> list[int]:
+    """The CPU cores of `slot` when `num_slots` slots share `cores`: contiguous groups, or round-robin when
+    there are more slots than cores."""
+    if num_slots >= len(cores):
+        return [cores[slot % len(cores)]]
+    base, extra = divmod(len(cores), num_slots)
+    start = slot * base + min(slot, extra)
+    return cores[start : start + base + (slot < extra)]

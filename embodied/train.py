@@ -1,0 +1,128 @@
+"""Train a policy: `python -m embodied.train [CONFIG] [key=value ...]` (what scripts/run_maniskill_ppo.sh runs).
+
+    CONFIG       a config name in configs/ (default: maniskill_ppo_pushcube) or a path to a YAML file
+    key=value    override any key (actor.lr=1e-4, env.num_envs=16, cluster=disaggregated, resume=auto)
+    --help       this text and the named configs;  describe [CONFIG] [key=value ...]: every key, its value and help
+
+Exit codes: 0 done, 1 a worker failed, 2 a bad config, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_CONFIG = "maniskill_ppo_pushcube"
+
+
+def _split_args(argv: list[str]) -> tuple[str, list[str]]:
+    if argv and "=" not in argv[0]:
+        return argv[0], argv[1:]
+    return DEFAULT_CONFIG, argv
+
+
+def _run_dir(config, resume_target) -> Path:
+    from embodied.compose import REPO
+
+    if resume_target is not None:
+        return resume_target[0]
+    root = Path(config.run.output_dir)
+    root = root if root.is_absolute() else REPO / root
+    return root / config.run.name / time.strftime("%Y%m%d-%H%M%S")
+
+
+def train(config, config_tree: dict) -> dict[str, float]:
+    """Run a whole training job for a validated config; returns the last evaluation's metrics."""
+    import yaml
+
+    from embodied.checkpoint import find_resume, read_counters, restore_driver_rng
+    from embodied.cluster import Cluster
+    from embodied.components import Components
+    from embodied.compose import REPO
+    from embodied.logger import MetricLogger
+    from embodied.runner import Counters, Runner
+
+    root = Path(config.run.output_dir)
+    root = root if root.is_absolute() else REPO / root
+    resume_target = find_resume(config.resume, root / config.run.name) if config.resume else None
+    run_dir = _run_dir(config, resume_target)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_tree, sort_keys=False))
+    print(f"run folder: {run_dir}", flush=True)
+    logger = MetricLogger(run_dir, config.logger, config_tree, config.run.name)
+    cluster = None
+    try:
+        cluster = Cluster(config.cluster)
+        print(cluster.describe(), flush=True)
+        workers = Components(cluster, config)
+        counters = Counters()
+        if resume_target is not None:
+            checkpoint = resume_target[1]
+            workers.load_checkpoint(checkpoint)
+            saved = read_counters(checkpoint)
+            counters = Counters(saved["iteration"], saved["env_steps"], saved["wall_seconds"])
+            restore_driver_rng(checkpoint)
+            print(
+                f"resumed from {checkpoint} (iteration {counters.iteration}, {counters.env_steps:,} env steps)"
+            )
+        else:
+            workers.sync_weights()
+        runner = Runner(
+            config, config_tree, run_dir, workers, logger, counters, resumed=resume_target is not None
+        )
+        return runner.run()
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        logger.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        from embodied.compose import named_configs
+
+        print(__doc__)
+        print("Named configs: " + ", ".join(named_configs()))
+        return 0
+    describe_only = bool(argv) and argv[0] == "describe"
+    if describe_only:
+        argv = argv[1:]
+    from algorithms.schema import ConfigError
+    from embodied.compose import describe, load_config
+
+    name, overrides = _split_args(argv)
+    try:
+        config, tree = load_config(name, overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if describe_only:
+        print("\n".join(describe(config)))
+        return 0
+    import torch
+
+    from embodied.worker import WorkerError
+
+    torch.manual_seed(config.run.seed)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    try:
+        metrics = train(config, tree)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except WorkerError as exc:
+        print(f"training failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    if metrics:
+        print("final eval: " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items())), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

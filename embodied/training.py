@@ -1,0 +1,193 @@
+"""The actor's update on one rollout: epochs of mini-batches, micro-batches with gradient accumulation,
+gradient clipping, and an early stop once the policy moved too far (target KL), as in CleanRL/ManiSkill PPO.
+
+The loss itself is `algorithms.objective.compute_loss`; this module only slices the data and steps the
+optimizer. It runs unchanged in one process (the reference script, tests) and on FSDP2 ranks, where
+`Collectives` averages the early-stop statistic over the ranks and defers the gradient reduction to the last
+micro-batch of a mini-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+
+from algorithms.config import AlgorithmConfig
+from algorithms.objective import LossDenominators, LossInputs, compute_loss, loss_denominators
+from embodied.config import ActorConfig
+from embodied.trajectory import TrainBatch
+from policies.base import Policy
+
+CRITIC_METRICS = ("value_loss", "explained_variance", "value_mean", "return_mean", "value_clip_fraction")
+
+
+class Collectives:
+    """What the update needs from the process group: nothing in one process, gloo/NCCL over FSDP2 ranks."""
+
+    def __init__(self, distributed: bool = False, device: torch.device | None = None) -> None:
+        self.distributed = distributed and dist.is_available() and dist.is_initialized()
+        self.device = device or torch.device("cpu")
+
+    def mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t.item()) / dist.get_world_size()
+
+    def gradient_sync(self, model: torch.nn.Module, enabled: bool) -> None:
+        """FSDP2: reduce gradients only on the last micro-batch of a mini-batch."""
+        setter = getattr(model, "set_requires_gradient_sync", None)  # present on FSDP2-sharded modules only
+        if setter is not None:
+            setter(enabled)
+
+
+def build_optimizer(policy: Policy, config: ActorConfig) -> torch.optim.Optimizer:
+    """AdamW over the policy's parameter groups, the value head with its own learning rate."""
+    groups = policy.trainable_parameter_groups()
+    param_groups = [{"params": groups["policy"], "lr": config.lr, "name": "policy"}]
+    if groups["value"]:
+        lr = config.value_lr if config.value_lr is not None else config.lr
+        param_groups.append({"params": groups["value"], "lr": lr, "name": "value"})
+    param_groups = [g for g in param_groups if g["params"]]
+    if not param_groups:
+        raise ValueError("the policy has no trainable parameters")
+    return torch.optim.AdamW(
+        param_groups,
+        lr=config.lr,
+        betas=config.adam_betas,
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+
+
+def _loss_inputs(part: TrainBatch, evaluated=None) -> LossInputs:
+    """LossInputs of a micro-batch; without `evaluated` (for the denominators) the old values stand in."""
+    logprobs = part.old_logprobs if evaluated is None else evaluated.logprobs
+    values = part.old_values if evaluated is None else evaluated.values
+    if part.returns is None:
+        values = None
+    return LossInputs(
+        logprobs=logprobs,
+        old_logprobs=part.old_logprobs,
+        advantages=part.advantages,
+        mask=part.mask,
+        entropy=None if evaluated is None else evaluated.entropy,
+        ref_logprobs=part.ref_logprobs,
+        values=values,
+        old_values=part.old_values if values is not None else None,
+        returns=part.returns if values is not None else None,
+    )
+
+
+def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
+    """The batch on the policy's device (a no-op on CPU)."""
+    if device.type == "cpu":
+        return batch
+    fields = {}
+    for name, value in vars(batch).items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+        elif isinstance(value, dict):
+            value = {k: v.to(device, non_blocking=True) for k, v in value.items()}
+        fields[name] = value
+    return TrainBatch(**fields)
+
+
+def _grad_norm(parameters: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm is not None else math.inf)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def minibatch_step(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    minibatch: TrainBatch,
+    actor: ActorConfig,
+    algorithm: AlgorithmConfig,
+    comm: Collectives,
+) -> tuple[dict[str, float], bool]:
+    """Forward/backward over the micro-batches of one mini-batch, then one optimizer step.
+
+    Returns the mini-batch's metrics and whether it was applied (False: approx_kl exceeded target_kl, so
+    the gradients were dropped and the update should stop).
+    """
+    size = len(minibatch)
+    micro = actor.micro_batch_size or size
+    parts = [minibatch.select(torch.arange(i, min(i + micro, size))) for i in range(0, size, micro)]
+    denominators: LossDenominators | None = None
+    for part in parts:
+        d = loss_denominators(_loss_inputs(part), algorithm)
+        denominators = d if denominators is None else denominators + d
+    sums: dict[str, float] = defaultdict(float)
+    for k, part in enumerate(parts):
+        comm.gradient_sync(policy, k == len(parts) - 1)
+        evaluated = policy.evaluate(part.forward_inputs)
+        loss, metrics = compute_loss(_loss_inputs(part, evaluated), algorithm, denominators)
+        loss.backward()
+        for name, value in metrics.items():
+            sums[name] += float(value) * len(part) / size
+    sums["approx_kl"] = comm.mean(sums["approx_kl"])
+    if actor.target_kl is not None and sums["approx_kl"] > actor.target_kl:
+        optimizer.zero_grad(set_to_none=True)
+        return dict(sums), False
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums["grad_norm"] = _grad_norm(params, actor.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return dict(sums), True
+
+
+def ppo_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: TrainBatch,
+    actor: ActorConfig,
+    algorithm: AlgorithmConfig,
+    generator: torch.Generator,
+    comm: Collectives | None = None,
+) -> dict[str, float]:
+    """`actor.update_epochs` passes over `batch` in `actor.num_minibatches` shuffled mini-batches.
+
+    Returns metrics named `train/actor/*` and `train/critic/*`, averaged over the applied mini-batches.
+    """
+    comm = comm or Collectives()
+    n = len(batch)
+    if n < actor.num_minibatches:
+        raise ValueError(
+            f"a rollout of {n} samples cannot be split into actor.num_minibatches={actor.num_minibatches}; "
+            "collect more (env.num_envs x rollout.num_steps) or use fewer minibatches"
+        )
+    batch = _to(batch, next(policy.parameters()).device)
+    size = n // actor.num_minibatches
+    totals: dict[str, float] = defaultdict(float)
+    applied, stopped = 0, False
+    for _ in range(actor.update_epochs):
+        order = torch.randperm(n, generator=generator)
+        for m in range(actor.num_minibatches):
+            metrics, ok = minibatch_step(
+                policy, optimizer, batch.select(order[m * size : (m + 1) * size]), actor, algorithm, comm
+            )
+            if not ok:
+                stopped = True
+                totals["approx_kl_at_stop"] = metrics["approx_kl"]
+                break
+            applied += 1
+            for name, value in metrics.items():
+                totals[name] += value
+        if stopped:
+            break
+    out = {}
+    for name, value in totals.items():
+        value = value if name == "approx_kl_at_stop" else value / max(applied, 1)
+        out[f"train/{'critic' if name in CRITIC_METRICS else 'actor'}/{name}"] = value
+    out["train/actor/minibatch_steps"] = float(applied)
+    out["train/actor/early_stopped"] = float(stopped)
+    for group in optimizer.param_groups:
+        out[f"train/{'critic' if group.get('name') == 'value' else 'actor'}/lr"] = group["lr"]
+    return out

@@ -1,0 +1,187 @@
+"""Actor workers: FSDP2 ranks that turn rollouts into advantages and train the policy on them.
+
+Each rank receives the trajectory pieces of its env range from the rollout workers, computes advantages
+(the configured estimator of `algorithms`), and runs `embodied.training.ppo_update`; FSDP2 averages the
+gradients over the ranks. `sync_weights` gathers the full weights on rank 0 (all ranks take part) for the
+rollout workers, with a version number that the next rollout must match.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from algorithms.config import AlgorithmConfig
+from embodied import fsdp
+from embodied.channel import Channel
+from embodied.config import ActorConfig
+from embodied.devices import move_module, move_optimizer, release_cache
+from embodied.routing import RolloutPlan
+from embodied.training import Collectives, build_optimizer, ppo_update
+from embodied.trajectory import TrainBatch, Trajectory, build_train_batch
+from embodied.worker import Worker, WorkerInfo
+from envs.base import EnvSpec
+from policies.base import Policy, PolicyConfig, make_policy
+
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+class ActorWorker(Worker):
+    def __init__(
+        self,
+        info: WorkerInfo,
+        policy: PolicyConfig,
+        actor: ActorConfig,
+        algorithm: AlgorithmConfig,
+        plan: RolloutPlan,
+        group_size: int,
+        seed: int,
+        offload_when_idle: bool,
+    ) -> None:
+        super().__init__(info)
+        self.policy_config, self.actor, self.algorithm = policy, actor, algorithm
+        self.plan, self.group_size, self.seed = plan, group_size, seed
+        self.device = torch.device(info.device)
+        self.offload_when_idle = offload_when_idle and self.device.type == "cuda"
+        self.generator = torch.Generator().manual_seed(seed * 1000 + info.rank)
+        self.env_spec: EnvSpec | None = None
+        self.policy: Policy | None = None
+        self.reference: Policy | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.comm = Collectives()
+        self.version = 0
+        self.batch: TrainBatch | None = None
+        self.from_rollout: Channel | None = None
+
+    def master_address(self) -> tuple[str, int]:
+        import ray
+
+        return ray.util.get_node_ip_address(), fsdp.free_port()
+
+    def setup(self, env_spec: EnvSpec, host: str, port: int) -> None:
+        """Build the policy (and the frozen reference when a KL term needs it), join the actor process group,
+        shard with FSDP2, build the optimizer."""
+        self.env_spec = env_spec
+        torch.manual_seed(self.seed)  # identical initial weights on every rank
+        self.policy = make_policy(self.policy_config, env_spec)
+        if self.algorithm.kl_coef > 0 or self.algorithm.kl_in_reward_coef > 0:
+            self.reference = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        fsdp.init_process_group(host, port, self.info.rank, self.info.world_size, self.info.device)
+        a, device = self.actor, self.info.device
+        self.policy = fsdp.shard(self.policy.to(self.device), device, a.precision, a.reshard_after_forward)
+        self.policy.train()
+        if self.reference is not None:
+            self.reference = fsdp.shard(self.reference.to(self.device), device, a.precision, True)
+        self.optimizer = build_optimizer(self.policy, a)
+        self.comm = Collectives(distributed=True, device=self.device)
+        self._offload()
+
+    def connect(self, from_rollout: Channel) -> None:
+        self.from_rollout = from_rollout
+
+    # -- one iteration ----------------------------------------------------------------------------------------
+    def compute_advantages(self) -> dict[str, float]:
+        """Receive this rank's trajectory pieces, compute advantages and returns; keep the training batch."""
+        pieces = [self.from_rollout.get(r) for r in self.plan.rollout_sources(self.info.rank)]
+        trajectory = Trajectory.concat(pieces)
+        if trajectory.version != self.version:
+            raise RuntimeError(
+                f"trajectory collected with weights v{trajectory.version}, but the actor is at v{self.version}: "
+                "the rollout workers missed a weight sync"
+            )
+        self._onload()
+        ref_logprobs = self._reference_logprobs(trajectory) if self.reference is not None else None
+        self.batch = build_train_batch(trajectory, self.algorithm, self.group_size, ref_logprobs)
+        valid = trajectory.valid
+        return {
+            "rollout/reward_mean": float(trajectory.rewards[valid].mean()) if valid.any() else 0.0,
+            "rollout/advantage_std": float(self.batch.advantages.std()),
+        }
+
+    @torch.no_grad()
+    def _reference_logprobs(self, trajectory: Trajectory) -> torch.Tensor:
+        flat = {k: v.flatten(0, 1) for k, v in trajectory.forward_inputs.items()}
+        size = next(iter(flat.values())).shape[0]
+        step = self.actor.micro_batch_size or size
+        parts = [
+            self.reference.evaluate({k: v[i : i + step] for k, v in flat.items()}).logprobs.cpu()
+            for i in range(0, size, step)
+        ]
+        return torch.cat(parts).reshape(trajectory.logprobs.shape)
+
+    def train(self) -> dict[str, float]:
+        """The update epochs on the batch from `compute_advantages`; the weight version advances."""
+        if self.batch is None:
+            raise RuntimeError("train() before compute_advantages(): there is no batch")
+        self._onload()
+        metrics = ppo_update(
+            self.policy, self.optimizer, self.batch, self.actor, self.algorithm, self.generator, self.comm
+        )
+        self.batch = None
+        self.version += 1
+        return metrics
+
+    def sync_weights(self) -> dict | None:
+        """All ranks: gather the full weights. Rank 0 returns {"version", "state"}; the others None."""
+        self._onload()
+        state = fsdp.full_state_dict(self.policy)
+        self._offload()
+        return {"version": self.version, "state": state} if self.info.rank == 0 else None
+
+    # -- checkpoints ------------------------------------------------------------------------------------------
+    def save_checkpoint(self, directory: str) -> None:
+        """All ranks: gather; rank 0 writes policy/ (Hugging Face layout) and optimizer.pt; every rank its RNG."""
+        self._onload()
+        state = fsdp.full_state_dict(self.policy)
+        optimizer = fsdp.full_optimizer_state(self.policy, self.optimizer)
+        self._offload()
+        folder = Path(directory)
+        if self.info.rank == 0:
+            from policies.base import write_pretrained
+
+            write_pretrained(folder / "policy", self.policy_config, self.env_spec, state)
+            torch.save(optimizer, folder / OPTIMIZER_FILE)
+            (folder / "actor.json").write_text(json.dumps({"version": self.version}))
+        torch.save(
+            {"rng": self.get_rng_state(), "generator": self.generator.get_state()},
+            folder / f"rng_actor_{self.info.rank}.pt",
+        )
+
+    def load_checkpoint(self, directory: str) -> int:
+        """All ranks: weights, optimizer state, RNG and version from a checkpoint folder; returns the version."""
+        from safetensors.torch import load_file
+
+        from policies.base import WEIGHTS_NAME
+
+        folder = Path(directory)
+        self._onload()
+        fsdp.load_full_state_dict(self.policy, load_file(str(folder / "policy" / WEIGHTS_NAME)))
+        optimizer = torch.load(folder / OPTIMIZER_FILE, weights_only=False)
+        fsdp.load_full_optimizer_state(self.policy, self.optimizer, optimizer)
+        self._offload()
+        rng_file = folder / f"rng_actor_{self.info.rank}.pt"
+        if rng_file.is_file():  # absent when the checkpoint had fewer actor ranks
+            saved = torch.load(rng_file, weights_only=False)
+            self.set_rng_state(saved["rng"])
+            self.generator.set_state(saved["generator"])
+        self.version = json.loads((folder / "actor.json").read_text())["version"]
+        return self.version
+
+    # -- collocated GPU placements ----------------------------------------------------------------------------
+    def _onload(self) -> None:
+        if self.offload_when_idle:
+            self._move(self.device)
+
+    def _offload(self) -> None:
+        if self.offload_when_idle:
+            self._move(torch.device("cpu"))
+            release_cache()
+
+    def _move(self, device: torch.device) -> None:
+        move_module(self.policy, device)
+        move_optimizer(self.optimizer, device)
+        if self.reference is not None:
+            move_module(self.reference, device)

@@ -1,0 +1,200 @@
+"""Env workers: hold their share of the envs, split into pipeline stages (units), and drive rollouts.
+
+Per chunk step and unit, the env worker waits for the unit's actions, steps those envs, and sends the next
+`EnvStep` to the unit's rollout worker. While it simulates unit k, the rollout worker infers unit k+1, whose
+observation it already has: with `rollout.pipeline_stages` >= 2 simulation and inference overlap. The env
+worker does not know which policy acts: it sends observations and receives actions.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embodied.channel import Channel
+from embodied.config import EvalConfig, RolloutConfig
+from embodied.evaluation import EvalEpisodes
+from embodied.routing import RolloutPlan, Unit
+from embodied.trajectory import EnvStep, to_cpu
+from embodied.worker import Worker, WorkerInfo
+from envs.base import EPISODE_METRICS, EnvConfig, Obs, make_env, select_obs
+
+
+def unit_seed(seed: int, unit: int) -> int:
+    """A distinct initial-state stream per unit, the same whatever the number of workers."""
+    return int(np.random.SeedSequence([seed, unit]).generate_state(1)[0])
+
+
+def step_validity(terminations: torch.Tensor, truncations: torch.Tensor, running: np.ndarray) -> torch.Tensor:
+    """bool [n, C]: the env steps that ran: the env was running at the chunk's start and no episode end came
+    before the step."""
+    done = (terminations | truncations).int()
+    before = torch.cumsum(done, dim=1) - done
+    return (before == 0) & torch.from_numpy(running)[:, None]
+
+
+class EnvWorker(Worker):
+    def __init__(self, info: WorkerInfo, env: EnvConfig, rollout: RolloutConfig, plan: RolloutPlan) -> None:
+        super().__init__(info)
+        self.config, self.rollout = env, rollout
+        self.units: list[Unit] = plan.units_of_env(info.rank)
+        self.envs = []
+        try:
+            for unit in self.units:
+                unit_config = env.replace(num_envs=unit.num_envs, seed=unit_seed(env.seed, unit.index))
+                self.envs.append(make_env(unit_config))
+        except BaseException:
+            self.close()
+            raise
+        self.obs: list[Obs | None] = [None] * len(self.units)
+        self.running = [np.ones(u.num_envs, bool) for u in self.units]
+        self.to_rollout: Channel | None = None
+        self.from_rollout: Channel | None = None
+
+    def spec(self):
+        return self.envs[0].spec
+
+    def connect(self, to_rollout: Channel, from_rollout: Channel) -> None:
+        self.to_rollout, self.from_rollout = to_rollout, from_rollout
+
+    def _send(self, unit: Unit, step: EnvStep) -> None:
+        self.to_rollout.put(to_cpu(step), key=unit.index, rank=unit.rollout_rank)
+
+    def _reset(self, k: int, seed: int | None = None) -> Obs:
+        self.obs[k] = self.envs[k].reset(seed=seed)
+        self.running[k][:] = True
+        return self.obs[k]
+
+    # -- training rollouts ----------------------------------------------------------------------------------------
+    def rollout_epoch(self, num_steps: int, reset_seed: int | None = None) -> dict:
+        """`num_steps` chunk steps of every unit. Envs reset first when they were never reset, after an
+        evaluation, when `rollout.reset_every_epoch`, or when `reset_seed` is given (a resumed run).
+
+        Returns the finished episodes' metrics, the env steps that ran and the seconds spent simulating.
+        """
+        for k, unit in enumerate(self.units):
+            if self.obs[k] is None or self.rollout.reset_every_epoch or reset_seed is not None:
+                self._reset(k, None if reset_seed is None else unit_seed(reset_seed, unit.index))
+            self._send(unit, EnvStep(self.obs[k]))
+        episodes, env_steps, sim_seconds = [], 0, 0.0
+        for t in range(num_steps):
+            for k, unit in enumerate(self.units):
+                actions = self.from_rollout.get(unit.index)
+                start = time.perf_counter()
+                obs, rewards, terms, truncs, infos = self.envs[k].chunk_step(actions)
+                sim_seconds += time.perf_counter() - start
+                valid = step_validity(terms, truncs, self.running[k])
+                env_steps += int(valid.sum())
+                done = infos["episode_done"].numpy()
+                episodes.extend(_episodes(infos, done))
+                if not self.config.auto_reset:
+                    self.running[k] &= ~done
+                truncated = truncs.any(1) & ~terms.any(1)
+                final_obs = None
+                if truncated.any():
+                    final_obs = select_obs(infos["final_observation"], truncated.nonzero().flatten())
+                self.obs[k] = obs
+                self._send(
+                    unit,
+                    EnvStep(
+                        obs,
+                        rewards,
+                        terms,
+                        truncs,
+                        valid,
+                        final_obs,
+                        truncated if final_obs is not None else None,
+                        last=t == num_steps - 1,
+                    ),
+                )
+        return {"episodes": episodes, "env_steps": env_steps, "sim_seconds": sim_seconds}
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def evaluate(
+        self, ids_per_unit: dict[int, list[int]], eval_config: EvalConfig, video_dir: str | None
+    ) -> dict:
+        """Evaluate each unit on its initial states (deterministic actions come from the rollout workers).
+
+        Returns the episodes (with their initial-state ids) and the paths of the videos written. The training
+        envs are reset before the next rollout epoch.
+        """
+        trackers = [
+            EvalEpisodes(env, ids_per_unit.get(unit.index, [])) for env, unit in zip(self.envs, self.units)
+        ]
+        recorder = None
+        if video_dir and self.units[0].index == 0 and self.envs[0].spec.image_size is not None:
+            recorder = GridRecorder(self.envs[0], min(eval_config.video_envs, self.units[0].num_envs))
+        active = []
+        for k, (unit, tracker) in enumerate(zip(self.units, trackers)):
+            obs = tracker.start()
+            self.obs[k] = None  # the training episodes are interrupted
+            if recorder is not None and k == 0 and obs is not None:
+                recorder.instruction = obs["task_descriptions"][0]
+            self._send(unit, EnvStep(obs if obs is not None else {}, last=obs is None))
+            if obs is not None:
+                active.append(k)
+        while active:
+            for k in list(active):
+                actions = self.from_rollout.get(self.units[k].index)
+                obs, infos = trackers[k].step(actions)
+                if recorder is not None and k == 0:
+                    recorder.add(infos)
+                self._send(self.units[k], EnvStep(obs if obs is not None else {}, last=obs is None))
+                if obs is None:
+                    active.remove(k)
+        videos = []
+        if recorder is not None:
+            videos = recorder.write(Path(video_dir))
+            self.envs[0].record_step_frames(False)
+        return {"episodes": [e for t in trackers for e in t.episodes], "videos": videos}
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+
+def _episodes(infos: dict, done: np.ndarray) -> list[dict[str, float]]:
+    return [{k: float(infos["episode"][k][i]) for k in EPISODE_METRICS} for i in np.flatnonzero(done)]
+
+
+class GridRecorder:
+    """Frames of the first `count` envs until each one's first episode ends, written as one grid mp4."""
+
+    def __init__(self, env, count: int) -> None:
+        env.record_step_frames(True)
+        self.count = count
+        self.instruction = ""
+        self.frames: list[list[np.ndarray]] = [[] for _ in range(count)]
+        self.done = np.zeros(count, bool)
+        self.success = np.zeros(count, bool)
+
+    def add(self, infos: dict) -> None:
+        from envs.video import annotate
+
+        frames = infos["frames"]  # [n, C, H, W, 3]
+        ends = infos["episode_done"].numpy()
+        for i in np.flatnonzero(~self.done[: self.count]):
+            for c in range(frames.shape[1]):
+                self.success[i] |= bool(infos["success"][i, c])
+                status = "success" if self.success[i] else "running"
+                self.frames[i].append(
+                    annotate(frames[i, c].numpy(), self.instruction, bool(infos["success"][i, c]), status)
+                )
+            if ends[i]:
+                self.done[i] = True
+
+    def write(self, folder: Path) -> list[str]:
+        from envs.video import tile, write_mp4
+
+        if not any(self.frames):
+            return []
+        length = max(len(f) for f in self.frames)
+        padded = [f + [f[-1]] * (length - len(f)) for f in self.frames if f]
+        columns = int(np.ceil(np.sqrt(len(padded))))
+        path = folder / "eval_grid.mp4"
+        write_mp4(path, [tile([p[t] for p in padded], columns) for t in range(length)], fps=10)
+        return [str(path)]

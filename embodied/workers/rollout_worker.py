@@ -1,0 +1,119 @@
+"""Rollout workers: run the policy for the units (env blocks) they serve, record trajectories, send them on.
+
+A rollout worker answers each `EnvStep` of its units with actions as soon as it arrives (so pipeline stages
+are served in the order the env finishes them), records outputs and outcomes per unit, and at the end of a
+training epoch sends each actor worker the part of its trajectory that the actor trains on. Its weights come
+from the actor (`load_weights`, versioned) or from a checkpoint folder (`load_pretrained`, for eval-only
+runs). It does not know which policy or env it serves: the policy owns `predict`, the env owns the rest.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from embodied.channel import Channel
+from embodied.devices import move_module, resident
+from embodied.routing import RolloutPlan
+from embodied.trajectory import EnvStep, Trajectory, TrajectoryBuilder
+from embodied.worker import Worker, WorkerInfo
+from envs.base import EnvSpec
+from policies.base import PolicyConfig, load_state_dict_strict, make_policy
+
+
+class RolloutWorker(Worker):
+    def __init__(
+        self, info: WorkerInfo, policy: PolicyConfig, plan: RolloutPlan, seed: int, offload_when_idle: bool
+    ) -> None:
+        super().__init__(info)
+        torch.manual_seed(seed * 1000 + info.rank)
+        self.policy_config, self.plan = policy, plan
+        self.units = {u.index: u for u in plan.units_of_rollout(info.rank)}
+        self.device = torch.device(info.device)
+        self.offload_when_idle = offload_when_idle and self.device.type == "cuda"
+        self.policy = None
+        self.version = -1  # no weights from the actor yet
+        self.from_env: Channel | None = None
+        self.to_env: Channel | None = None
+        self.to_actor: Channel | None = None
+
+    def setup(self, env_spec: EnvSpec) -> None:
+        """Build the policy for the env (its spec comes from the env workers, which start alongside)."""
+        self.policy = make_policy(self.policy_config, env_spec).to(self.device).eval()
+        if self.offload_when_idle:
+            move_module(self.policy, "cpu")
+
+    def connect(self, from_env: Channel, to_env: Channel, to_actor: Channel | None) -> None:
+        self.from_env, self.to_env, self.to_actor = from_env, to_env, to_actor
+
+    # -- weights ----------------------------------------------------------------------------------------------
+    def load_weights(self, synced: dict) -> int:
+        """Load the full state dict the actor gathered: {"version": v, "state": {...}}; returns v."""
+        with torch.no_grad():
+            load_state_dict_strict(self.policy, synced["state"], source=f"actor weights v{synced['version']}")
+        self.version = int(synced["version"])
+        return self.version
+
+    def load_pretrained(self, directory: str) -> None:
+        """Weights from a checkpoint's policy folder (config.json + model.safetensors)."""
+        self.policy.load_weights(directory)
+        self.version = 0
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
+
+    # -- rollouts ---------------------------------------------------------------------------------------------
+    def generate(self, mode: str, expected_version: int | None = None) -> dict:
+        """Serve actions until every unit sent its last step. `mode`: train (sample, record, send the
+        trajectory to the actors) or eval (deterministic, nothing recorded)."""
+        if expected_version is not None and self.version != expected_version:
+            raise RuntimeError(
+                f"rollout worker has weights v{self.version} but v{expected_version} were expected: a weight "
+                "sync was skipped or failed"
+            )
+        with resident(self.policy, self.device, self.offload_when_idle):
+            return self._serve(mode)
+
+    def _serve(self, mode: str) -> dict:
+        train = mode == "train"
+        builders = {i: TrajectoryBuilder(u.env_start, self.version) for i, u in self.units.items()}
+        pending = list(self.units)
+        infer_seconds, predictions = 0.0, 0
+        while pending:
+            key, step = self.from_env.get_any(pending)
+            builder = builders[key]
+            if train and step.rewards is not None:
+                builder.add_outcome(step, self._final_values(step, builder))
+            if step.last:
+                if train:
+                    builder.add_bootstrap(self.policy.predict(step.obs, mode="train").values)
+                pending.remove(key)
+                continue
+            start = time.perf_counter()
+            output = self.policy.predict(step.obs, mode=mode)
+            actions = output.actions.cpu()
+            infer_seconds += time.perf_counter() - start
+            predictions += 1
+            self.to_env.put(actions, key=key, rank=self.units[key].env_rank)
+            if train:
+                builder.add_output(output)
+        if train:
+            self._send_trajectory(Trajectory.concat([b.build() for b in builders.values()]))
+        return {"infer_seconds": infer_seconds, "predictions": predictions}
+
+    def _final_values(self, step: EnvStep, builder: TrajectoryBuilder) -> torch.Tensor | None:
+        """[n]: the critic's values of the truncated episodes' final observations (0 elsewhere)."""
+        if builder.outputs[-1].values is None:
+            return None
+        values = torch.zeros(step.rewards.shape[0])
+        if step.final_obs is not None:
+            rows = step.truncated.nonzero().flatten()
+            values[rows] = self.policy.predict(step.final_obs, mode="train").values.cpu().float()
+        return values
+
+    def _send_trajectory(self, trajectory: Trajectory) -> None:
+        if self.to_actor is None:
+            raise RuntimeError("this rollout worker has no actor to send trajectories to (an eval-only run?)")
+        for actor_rank, lo, hi in self.plan.actor_pieces(self.info.rank):
+            self.to_actor.put(trajectory.slice_envs(lo, hi), key=self.info.rank, rank=actor_rank)

@@ -1,0 +1,218 @@
+"""Small Gaussian policies with a value head: an MLP for state observations (`mlp`) and a CNN for images (`cnn`).
+
+Both output a diagonal Gaussian over an action chunk of C steps (C = `action_chunk`, 1 by default) with a
+state-independent learned log-std, as in the PPO baselines of CleanRL and ManiSkill. `predict` samples
+(train) or takes the mean (eval); the sample is clipped to the env's action bounds for the env, while its
+log-probability is that of the unclipped sample, which `forward_inputs["actions"]` keeps for `evaluate`.
+
+- `mlp`: states -> MLP -> action mean; a separate MLP critic (`value_head`) of the same shape.
+- `cnn`: main_images (and wrist_images when the env has them, stacked as channels) -> a NatureCNN-style encoder
+  whose width is `channels`; states -> a linear encoder; the concatenated features feed an action head and
+  the critic (`value_head`). Images travel as uint8 in `forward_inputs` (4x smaller than float).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from algorithms.schema import ConfigError, param
+from envs.base import EnvSpec, Obs
+from policies.base import EvaluateOutput, Policy, PolicyConfig, PolicyOutput, register_policy
+
+Activation = Literal["tanh", "relu"]
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+@dataclass(frozen=True)
+class MLPPolicyConfig(PolicyConfig):
+    """Gaussian MLP policy for state observations, with a separate MLP critic."""
+
+    name: str = param("mlp", help="registered policy name")
+    hidden_sizes: tuple[int, ...] = param(
+        (256, 256, 256), help="widths of the hidden layers (actor and critic)"
+    )
+    activation: Activation = param("tanh", help="hidden activation: tanh | relu")
+    init_log_std: float = param(-0.5, help="initial log standard deviation of the actions", ge=-5.0, le=2.0)
+    action_chunk: int = param(1, help="actions per prediction (C); the env executes them as one chunk", ge=1)
+
+    def check(self) -> None:
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError(f"{{section}}hidden_sizes={list(self.hidden_sizes)} must be positive widths")
+
+
+@dataclass(frozen=True)
+class CNNPolicyConfig(PolicyConfig):
+    """Gaussian CNN policy for image observations (plus proprioceptive states), with a value head."""
+
+    name: str = param("cnn", help="registered policy name")
+    channels: tuple[int, int, int] = param(
+        (32, 64, 64), help="channels of the three conv layers (8x8/4, 4x4/2, 3x3/1); sets the model's width"
+    )
+    feature_dim: int = param(256, help="width of the image and state features", ge=1)
+    head_hidden: int = param(512, help="hidden width of the action and value heads", ge=1)
+    use_states: bool = param(True, help="feed the states vector next to the images")
+    init_log_std: float = param(-0.5, help="initial log standard deviation of the actions", ge=-5.0, le=2.0)
+    action_chunk: int = param(1, help="actions per prediction (C); the env executes them as one chunk", ge=1)
+
+    def check(self) -> None:
+        if min(self.channels) < 1:
+            raise ConfigError(f"{{section}}channels={list(self.channels)} must be positive")
+
+
+def mlp(sizes: list[int], activation: Activation, out_gain: float) -> nn.Sequential:
+    """Linear layers with `activation` between them; orthogonal init, the last layer scaled by `out_gain`."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layer = nn.Linear(sizes[i], sizes[i + 1])
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(layer.weight, out_gain if last else math.sqrt(2))
+        nn.init.zeros_(layer.bias)
+        layers.append(layer)
+        if not last:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class GaussianPolicy(Policy):
+    """What both policies share: the Gaussian head, action bounds, predict and evaluate.
+
+    Subclasses define `features(inputs) -> [B, F]`, `action_mean` and `value_head` modules over those
+    features, and `model_inputs(obs) -> dict` (the tensors `features` reads, as stored in forward_inputs).
+    """
+
+    def _init_gaussian(self, env_spec: EnvSpec, action_chunk: int, init_log_std: float) -> None:
+        self.chunk, self.action_dim = action_chunk, env_spec.action_dim
+        self.log_std = nn.Parameter(torch.full((action_chunk, env_spec.action_dim), float(init_log_std)))
+        self.register_buffer("action_low", torch.tensor(env_spec.action_low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.tensor(env_spec.action_high, dtype=torch.float32))
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_std.device
+
+    @abc.abstractmethod
+    def model_inputs(self, obs: Obs) -> dict[str, torch.Tensor]:
+        """The tensors `features` reads, on the policy's device; stored as forward_inputs."""
+
+    @abc.abstractmethod
+    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, F] features that the action mean and the value head read."""
+
+    def _distribution(self, features: torch.Tensor) -> torch.distributions.Normal:
+        mean = self.action_mean(features).view(-1, self.chunk, self.action_dim)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+    @torch.no_grad()
+    def predict(self, obs: Obs, mode: str = "train") -> PolicyOutput:
+        inputs = self.model_inputs(obs)
+        features = self.features(inputs)
+        dist = self._distribution(features)
+        raw = dist.mean if mode == "eval" else dist.sample()
+        actions = torch.maximum(torch.minimum(raw, self.action_high), self.action_low)
+        return PolicyOutput(
+            actions=actions,
+            logprobs=dist.log_prob(raw),
+            values=self.value_head(features).squeeze(-1),
+            forward_inputs={**inputs, "actions": raw},
+        )
+
+    def evaluate(self, forward_inputs: dict[str, torch.Tensor]) -> EvaluateOutput:
+        inputs = {k: v.to(self.device) for k, v in forward_inputs.items()}
+        features = self.features(inputs)
+        dist = self._distribution(features)
+        return EvaluateOutput(
+            logprobs=dist.log_prob(inputs["actions"]),
+            entropy=dist.entropy(),
+            values=self.value_head(features).squeeze(-1),
+        )
+
+
+@register_policy("mlp")
+class MLPPolicy(GaussianPolicy):
+    config_class = MLPPolicyConfig
+
+    def __init__(self, config: MLPPolicyConfig, env_spec: EnvSpec) -> None:
+        super().__init__(config, env_spec)
+        sizes = [env_spec.state_dim, *config.hidden_sizes]
+        out = config.action_chunk * env_spec.action_dim
+        # the actor and the critic are separate networks (`features` is the identity on the states)
+        self.action_mean = mlp([*sizes, out], config.activation, out_gain=0.01 * math.sqrt(2))
+        self.value_head = mlp([*sizes, 1], config.activation, out_gain=1.0)
+        self._init_gaussian(env_spec, config.action_chunk, config.init_log_std)
+
+    def model_inputs(self, obs: Obs) -> dict[str, torch.Tensor]:
+        return {"states": obs["states"].to(self.device, torch.float32)}
+
+    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return inputs["states"].to(torch.float32)
+
+
+class ImageEncoder(nn.Module):
+    """NatureCNN-style conv stack over uint8 NHWC images -> [B, feature_dim]."""
+
+    def __init__(self, in_channels: int, image_size: tuple[int, int], channels: tuple[int, ...], out: int):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(c2, c3, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, in_channels, *image_size)).shape[1]
+        self.project = nn.Sequential(nn.Linear(flat, out), nn.ReLU())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        return self.project(self.convs(x))
+
+
+@register_policy("cnn")
+class CNNPolicy(GaussianPolicy):
+    config_class = CNNPolicyConfig
+
+    def __init__(self, config: CNNPolicyConfig, env_spec: EnvSpec) -> None:
+        super().__init__(config, env_spec)
+        if env_spec.image_size is None:
+            raise ValueError(
+                "the cnn policy needs image observations; use an image obs mode (e.g. env.obs_mode=rgb) or "
+                "the mlp policy for states"
+            )
+        self.use_wrist = env_spec.has_wrist_image
+        in_channels = 6 if self.use_wrist else 3
+        self.image_encoder = ImageEncoder(
+            in_channels, env_spec.image_size, config.channels, config.feature_dim
+        )
+        width = config.feature_dim
+        if config.use_states:
+            self.state_encoder = nn.Sequential(nn.Linear(env_spec.state_dim, config.feature_dim), nn.ReLU())
+            width += config.feature_dim
+        out = config.action_chunk * env_spec.action_dim
+        self.action_mean = mlp([width, config.head_hidden, out], "relu", out_gain=0.01 * math.sqrt(2))
+        self.value_head = mlp([width, config.head_hidden, 1], "relu", out_gain=1.0)
+        self._init_gaussian(env_spec, config.action_chunk, config.init_log_std)
+
+    def model_inputs(self, obs: Obs) -> dict[str, torch.Tensor]:
+        images = obs["main_images"]
+        if self.use_wrist:
+            images = torch.cat([images, obs["wrist_images"]], dim=-1)
+        inputs = {"images": images.to(self.device)}
+        if self.config.use_states:
+            inputs["states"] = obs["states"].to(self.device, torch.float32)
+        return inputs
+
+    def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = [self.image_encoder(inputs["images"])]
+        if self.config.use_states:
+            parts.append(self.state_encoder(inputs["states"].to(torch.float32)))
+        return torch.cat(parts, dim=-1)
