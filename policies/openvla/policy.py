@@ -1,0 +1,283 @@
+"""The OpenVLA policies: observations -> prompt + image -> action tokens -> env actions.
+
+`OpenVLAPolicyBase` holds what OpenVLA and OpenVLA-OFT share: building the network from a released checkpoint
+or from a preset, processing, the action-bin distribution, the value head, save/load in the released layout,
+and `evaluate`. Both score the C x A action tokens of a chunk from one window of final hidden states: the
+last prompt position (which predicts the first action token, and whose state feeds the value head) and the
+C x A - 1 positions after it. They differ in what fills those positions and how attention runs:
+- `OpenVLAPolicy` (autoregressive, causal attention): the sampled tokens, decoded one by one with a KV cache
+  at rollout time and teacher-forced in one pass in `evaluate`;
+- `OpenVLAOFTPolicy` (policies/openvla_oft): empty (zero) embeddings, all tokens in one pass.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from envs.base import EnvSpec, Obs
+from policies.base import (
+    CONFIG_NAME,
+    EvaluateOutput,
+    Policy,
+    PolicyOutput,
+    _atomic_write,
+    load_state_dict_strict,
+    register_policy,
+)
+from policies.lora import apply_lora, has_lora, merged_state_dict, set_gradient_checkpointing
+from policies.openvla.checkpoint import copy_aux_files, read_state_dict, write_state_dict
+from policies.openvla.configuration_openvla import (
+    OpenVLACheckpointConfig,
+    OpenVLAConfig,
+    openvla_7b_checkpoint_config,
+    tiny_checkpoint_config,
+)
+from policies.openvla.modeling_openvla import OpenVLAModel, ValueHead, new_cache, positions_from_mask
+from policies.openvla.processing_openvla import (
+    ActionBins,
+    ByteTokenizer,
+    OpenVLAProcessor,
+    image_transform_for,
+    load_tokenizer,
+)
+from policies.openvla.sampling import action_log_probs, entropy, gather_log_probs, sample_bins
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MAX_SHARD_BYTES = 5 * 2**30
+DEFAULT_IMAGE_SIZE = {"tiny": 56, "openvla-7b": 224}
+
+
+def fresh_checkpoint_config(config: OpenVLAConfig, env_spec: EnvSpec) -> OpenVLACheckpointConfig:
+    """The checkpoint config of a model built from scratch for `env_spec`: its action bounds are the norm stats."""
+    stats = {"action": {"q01": list(env_spec.action_low), "q99": list(env_spec.action_high),
+                        "mask": [True] * env_spec.action_dim}}  # fmt: skip
+    size = config.image_size or DEFAULT_IMAGE_SIZE[config.architecture]
+    if config.architecture == "openvla-7b":
+        return openvla_7b_checkpoint_config(size, {"env": stats})
+    text_vocab = ByteTokenizer.vocab_size + 256  # bytes, then the 256 action tokens
+    return tiny_checkpoint_config(
+        size, vocab_size=text_vocab + 64, pad_token_id=text_vocab, norm_stats={"env": stats}
+    )
+
+
+class OpenVLAPolicyBase(Policy):
+    """Shared by OpenVLA and OpenVLA-OFT (see the module docstring)."""
+
+    config_class: ClassVar[type[OpenVLAConfig]] = OpenVLAConfig
+    attention_is_causal: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        config: OpenVLAConfig,
+        env_spec: EnvSpec,
+        checkpoint_config: OpenVLACheckpointConfig | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(config, env_spec)
+        ckpt = checkpoint_config or fresh_checkpoint_config(config, env_spec)
+        with torch.device(device) if device else contextlib.nullcontext():
+            self.model = OpenVLAModel(ckpt, config.attn_implementation)
+        self.num_chunks, self.action_dim = config.num_action_chunks, env_spec.action_dim
+        self.num_tokens = self.num_chunks * self.action_dim
+        self.action_start, self.action_end = ckpt.action_vocab_start, ckpt.action_vocab_end
+        if not 0 <= config.top_k <= ckpt.n_action_bins:
+            raise ValueError(f"policy.top_k={config.top_k} exceeds the {ckpt.n_action_bins} action bins")
+        value_outputs = self.num_chunks if config.value_granularity == "step" else 1
+        self.value_head = (
+            ValueHead(self.model.hidden_size, config.value_hidden_size, value_outputs)
+            if config.add_value_head
+            else None
+        )
+        self.processor = self._build_processor(ckpt)
+        if device is None:
+            self._finish_setup()
+
+    def _build_processor(self, ckpt: OpenVLACheckpointConfig) -> OpenVLAProcessor:
+        config = self.config
+        tokenizer = load_tokenizer(config.tokenizer, config.pretrained)
+        if isinstance(tokenizer, ByteTokenizer) and tokenizer.vocab_size > self.action_start:
+            raise ValueError(f"the built-in tokenizer's {tokenizer.vocab_size} ids overlap the action tokens from "
+                             f"{self.action_start}; this checkpoint needs its own tokenizer (policy.tokenizer)")  # fmt: skip
+        key, stats = ckpt.action_stats(config.unnorm_key)
+        if len(stats["q01"]) != self.action_dim:
+            raise ValueError(
+                f"the checkpoint's norm_stats[{key!r}] has {len(stats['q01'])} action dims but the env has "
+                f"{self.action_dim}; pick the matching unnorm_key or an env with that action_dim"
+            )
+        num_towers = 2 if ckpt.use_fused_vision_backbone else 1
+        images = image_transform_for(ckpt.timm_model_ids[:num_towers], ckpt.image_sizes[0], config.pretrained)
+        bins = ActionBins(ckpt.n_action_bins, stats["q01"], stats["q99"], stats["mask"])
+        return OpenVLAProcessor(tokenizer, ckpt.pad_token_id, images, bins)
+
+    def _finish_setup(self) -> None:
+        """Weight dtype, LoRA and gradient checkpointing, once the weights are final."""
+        self.model.to(DTYPES[self.config.dtype])
+        if self.config.lora.enabled:
+            apply_lora(self, self.config.lora)
+        set_gradient_checkpointing(self, self.config.gradient_checkpointing)
+
+    # -- released layout ------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: OpenVLAConfig, env_spec: EnvSpec) -> OpenVLAPolicyBase:
+        """Build the policy; with `config.pretrained`, the architecture and weights come from that checkpoint
+        (the released openvla/openvla-7b layout: config.json + safetensors, sharded or not)."""
+        if not config.pretrained:
+            return cls(config, env_spec)
+        ckpt = OpenVLACheckpointConfig.from_pretrained(config.pretrained)
+        policy = cls(
+            config, env_spec, ckpt, device="meta"
+        )  # no memory or init time for weights about to load
+        policy.load_weights(config.pretrained)
+        policy._finish_setup()
+        return policy
+
+    def load_weights(self, directory) -> None:
+        """Load a checkpoint strictly (the value head may be absent: released checkpoints have none)."""
+        if has_lora(self):
+            raise RuntimeError(
+                "load_weights must run before LoRA is applied; build the policy with from_config"
+            )
+        state = read_state_dict(directory, DTYPES[self.config.dtype])
+        value_state = {
+            k.removeprefix("value_head."): v for k, v in state.items() if k.startswith("value_head.")
+        }
+        model_state = {k: v for k, v in state.items() if not k.startswith("value_head.")}
+        load_state_dict_strict(self.model, model_state, source=str(directory), assign=True)
+        if self.value_head is not None and value_state:
+            named = {f"value_head.{k}": v for k, v in value_state.items()}  # errors name the full parameter
+            load_state_dict_strict(
+                nn.ModuleDict({"value_head": self.value_head}), named, source=str(directory)
+            )
+        rotary = self.model.language_model.model.rotary_emb
+        if rotary.inv_freq.is_meta:  # a non-persistent buffer: not in checkpoints, recomputed
+            self.model.language_model.model.rotary_emb = type(rotary)(config=self.model.language_model.config)
+        left = [n for n, t in [*self.model.named_parameters(), *self.model.named_buffers()] if t.is_meta]
+        if left:
+            raise RuntimeError(f"{directory}: tensors not initialised by the checkpoint: {left[:5]}")
+
+    def save_pretrained(self, directory) -> None:
+        """config.json (the released fields + this suite's policy config and env spec) and the weights under the
+        released names (LoRA folded in), plus the value head and the checkpoint's tokenizer/preprocessor files."""
+        state = merged_state_dict(self)
+        out = {
+            k.removeprefix("model."): v for k, v in state.items() if k.startswith(("model.", "value_head."))
+        }
+        write_state_dict(directory, out, MAX_SHARD_BYTES)
+        meta = {
+            **self.model.checkpoint_config.to_dict(),
+            "torch_dtype": self.config.dtype,
+            "policy": self.config.to_dict(),
+            "env_spec": dataclasses.asdict(self.env_spec),
+        }
+        _atomic_write(Path(directory) / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2)))
+        copy_aux_files(self.config.pretrained, directory)
+
+    # -- the action distribution ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.projector.fc1.weight.device
+
+    def action_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Log-probs [..., n_bins] over the action tokens from final hidden states [..., H]."""
+        logits = self.model.logits(hidden)[..., self.action_start : self.action_end]
+        return action_log_probs(logits, self.config.temperature, self.config.top_k)
+
+    def values(self, prompt_hidden: torch.Tensor) -> torch.Tensor | None:
+        """Values [B] (per chunk) or [B, C] (per step) from the last prompt position's hidden state [B, H]."""
+        if self.value_head is None:
+            return None
+        values = self.value_head(prompt_hidden)
+        return values.squeeze(-1) if self.config.value_granularity == "chunk" else values
+
+    def score_window(self, inputs: dict[str, torch.Tensor], continuation: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [B, C*A, H] of the last prompt position and the C*A - 1 after it, for the prompt
+        and image in `inputs` followed by the embeddings `continuation` [B, K, H]."""
+        embeds, mask = self.model.embed_prefix(
+            inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
+        )
+        prompt_end = embeds.shape[1]
+        embeds = torch.cat([embeds, continuation.to(embeds.dtype)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(continuation.shape[:2])], dim=1)
+        mask_4d = None if self.attention_is_causal else bidirectional_mask(mask, embeds.dtype)
+        hidden = self.model.decode(embeds, mask, positions_from_mask(mask), mask_4d=mask_4d)
+        return hidden[:, prompt_end - 1 : prompt_end - 1 + self.num_tokens]
+
+    @abc.abstractmethod
+    def continuation(self, bins: torch.Tensor) -> torch.Tensor:
+        """The embeddings [B, K, H] that follow the prompt when the action tokens `bins` [B, C*A] are scored."""
+
+    @abc.abstractmethod
+    def decode_actions(
+        self, inputs: dict[str, torch.Tensor], greedy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(bins [B, C*A], their log-probs [B, C*A], values) for a batch of prepared inputs."""
+
+    # -- the policy interface -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, obs: Obs, mode: str = "train") -> PolicyOutput:
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+        inputs = self.processor(obs, self.device, DTYPES[self.config.dtype])
+        bins, logprobs, values = self.decode_actions(inputs, greedy=mode == "eval")
+        shape = (bins.shape[0], self.num_chunks, self.action_dim)
+        actions = self.processor.bins.to_env_units(bins.reshape(shape)).float()
+        forward_inputs = {**inputs, "action_tokens": bins.reshape(shape)}
+        return PolicyOutput(actions, logprobs.reshape(shape), values, forward_inputs)
+
+    def evaluate(self, forward_inputs: dict[str, torch.Tensor]) -> EvaluateOutput:
+        inputs = {k: v.to(self.device) for k, v in forward_inputs.items()}
+        bins = inputs["action_tokens"].reshape(inputs["action_tokens"].shape[0], self.num_tokens)
+        window = self.score_window(inputs, self.continuation(bins))
+        log_probs = self.action_log_probs(window)
+        shape = (bins.shape[0], self.num_chunks, self.action_dim)
+        return EvaluateOutput(
+            logprobs=gather_log_probs(log_probs, bins).reshape(shape),
+            entropy=entropy(log_probs).reshape(shape),
+            values=self.values(window[:, 0]),
+        )
+
+
+def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive mask [B, 1, L, L] letting every position attend to every non-padding position."""
+    keys = attention_mask.bool()[:, None, None, :]
+    mask = torch.zeros(keys.shape, dtype=dtype, device=attention_mask.device)
+    mask = mask.masked_fill(~keys, torch.finfo(dtype).min)
+    return mask.expand(-1, -1, attention_mask.shape[1], -1)
+
+
+@register_policy("openvla")
+class OpenVLAPolicy(OpenVLAPolicyBase):
+    """OpenVLA: C x A action tokens decoded autoregressively (KV cache), each sampled with temperature/top-k."""
+
+    def continuation(self, bins: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(bins[:, :-1] + self.action_start)
+
+    def decode_actions(self, inputs: dict[str, torch.Tensor], greedy: bool):
+        embeds, mask = self.model.embed_prefix(
+            inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
+        )
+        cache = new_cache(self.model)
+        positions = positions_from_mask(mask)
+        hidden = self.model.decode(embeds, mask, positions, cache=cache)[:, -1]
+        values = self.values(hidden)
+        next_position = positions[:, -1:] + 1
+        bins, logprobs = [], []
+        for step in range(self.num_tokens):
+            log_probs = self.action_log_probs(hidden)
+            token = sample_bins(log_probs, greedy)
+            bins.append(token)
+            logprobs.append(gather_log_probs(log_probs, token))
+            if step + 1 < self.num_tokens:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                token_embeds = self.model.embed_tokens(token[:, None] + self.action_start)
+                hidden = self.model.decode(token_embeds, mask, next_position, cache=cache)[:, -1]
+                next_position = next_position + 1
+        return torch.stack(bins, dim=1), torch.stack(logprobs, dim=1), values

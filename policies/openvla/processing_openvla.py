@@ -1,0 +1,205 @@
+"""OpenVLA processing: the prompt, tokenizers, image transforms and the 256-bin action (de)tokenisation.
+
+Tokenizers
+- A checkpoint that ships a tokenizer (the released one has Llama-2's SentencePiece files) is read with
+  transformers' AutoTokenizer. As in the official `predict_action`, the SentencePiece "empty" token `▁`
+  (id 29871 for Llama-2) is appended when the prompt does not already end with it.
+- `ByteTokenizer` is the built-in tokenizer of the tiny models, which must work offline without any
+  tokenizer file: UTF-8 bytes map to ids 3..258, with 0 = unknown, 1 = BOS, 2 = EOS (Llama's special ids).
+  Its vocabulary (259 ids) sits below the action tokens of a tiny model, which take the next 256 ids.
+
+Prompt batches are laid out `[BOS, pad, ..., pad, text...]` with attention mask 0 on the pads: the model inserts
+the image patches right after the first token (as OpenVLA does), every row's prompt ends at the same index, and
+position ids from the mask's cumulative sum make a padded row compute exactly what it would alone.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SIGLIP_MEAN, SIGLIP_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def openvla_prompt(instruction: str) -> str:
+    return PROMPT.format(instruction=instruction.lower())
+
+
+class PromptTokenizer(Protocol):
+    bos_token_id: int
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, starting with BOS."""
+
+
+class ByteTokenizer:
+    """The built-in tokenizer of tiny test models: one id per UTF-8 byte (see the module docstring)."""
+
+    bos_token_id = 1
+    eos_token_id = 2
+    vocab_size = 259
+    _offset = 3
+
+    def encode(self, text: str) -> list[int]:
+        return [self.bos_token_id] + [b + self._offset for b in text.encode("utf-8")]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i - self._offset for i in ids if i >= self._offset).decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """A checkpoint's own tokenizer (transformers' AutoTokenizer), with OpenVLA's trailing `▁` convention."""
+
+    def __init__(self, path: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        self._tok = AutoTokenizer.from_pretrained(str(path))
+        self.bos_token_id = int(self._tok.bos_token_id)
+        self.vocab_size = len(self._tok)
+        space = self._tok.convert_tokens_to_ids("▁")
+        self._space_id = space if isinstance(space, int) and space != self._tok.unk_token_id else None
+
+    def encode(self, text: str) -> list[int]:
+        ids = list(self._tok(text, add_special_tokens=True)["input_ids"])
+        if self._space_id is not None and ids[-1] != self._space_id:
+            ids.append(self._space_id)
+        return ids
+
+
+def load_tokenizer(spec: str, checkpoint_dir: str | None) -> PromptTokenizer:
+    """`spec`: "auto" (the checkpoint's tokenizer when it has one, else built-in), "builtin", or a path."""
+    if spec == "builtin":
+        return ByteTokenizer()
+    if spec == "auto":
+        if checkpoint_dir and any((Path(checkpoint_dir) / f).is_file() for f in _TOKENIZER_FILES):
+            return HFTokenizer(checkpoint_dir)
+        return ByteTokenizer()
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(
+            f"policy.tokenizer={spec!r} is not a directory; use auto, builtin or a tokenizer folder"
+        )
+    return HFTokenizer(spec)
+
+
+class PromptEncoder:
+    """Instructions -> left-padded prompt ids `[BOS, pads, text]` and their attention mask (cached per text)."""
+
+    def __init__(self, tokenizer: PromptTokenizer, pad_token_id: int) -> None:
+        self.tokenizer = tokenizer
+        self.pad_token_id = pad_token_id
+        self._encode = lru_cache(maxsize=4096)(lambda text: tuple(tokenizer.encode(openvla_prompt(text))))
+
+    def __call__(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self._encode(text) for text in instructions]
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, 0], mask[i, 0] = row[0], 1
+            if len(row) > 1:
+                ids[i, length - len(row) + 1 :] = torch.tensor(row[1:])
+                mask[i, length - len(row) + 1 :] = 1
+        return ids, mask
+
+
+class ImageTransform:
+    """uint8 images [N, H, W, 3] -> `pixel_values` [N, 3 x towers, S, S]: resized (bicubic, antialiased, rounded
+    to uint8 like the official PIL path) and normalised once per tower with that tower's mean and std."""
+
+    def __init__(self, size: int, means: list[tuple[float, ...]], stds: list[tuple[float, ...]]) -> None:
+        self.size = size
+        mean = torch.tensor([m for tower in means for m in tower], dtype=torch.float32)
+        std = torch.tensor([s for tower in stds for s in tower], dtype=torch.float32)
+        self.mean, self.std, self.towers = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), len(means)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be uint8 [N, H, W, 3]; got {images.dtype} {tuple(images.shape)}")
+        x = images.permute(0, 3, 1, 2).float()
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False
+            )
+            x = x.round().clamp(0, 255)
+        x = (x / 255.0).repeat(1, self.towers, 1, 1)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+def image_transform_for(timm_ids: list[str], size: int, checkpoint_dir: str | None) -> ImageTransform:
+    """The checkpoint's preprocessor_config.json means/stds when present, else timm's for each tower."""
+    path = Path(checkpoint_dir) / "preprocessor_config.json" if checkpoint_dir else None
+    if path is not None and path.is_file():
+        cfg = json.loads(path.read_text())
+        if "means" in cfg and "stds" in cfg:
+            return ImageTransform(size, [tuple(m) for m in cfg["means"]], [tuple(s) for s in cfg["stds"]])
+    means = [SIGLIP_MEAN if "siglip" in t else IMAGENET_MEAN for t in timm_ids]
+    stds = [SIGLIP_STD if "siglip" in t else IMAGENET_STD for t in timm_ids]
+    return ImageTransform(size, means, stds)
+
+
+class ActionBins:
+    """OpenVLA's action tokens: `n_bins` ids ending at `vocab_end` (the tokenizer's vocabulary size).
+
+    Action token j (id = vocab_end - n_bins + j) is bin `clip(n_bins - 1 - j, 0, n_bins - 2)`, whose centre is
+    the normalised action in [-1, 1]; dims with mask True are then un-normalised with the dataset's q01/q99.
+    """
+
+    def __init__(self, n_bins: int, q01: list[float], q99: list[float], mask: list[bool]) -> None:
+        bins = np.linspace(-1.0, 1.0, n_bins)
+        self.n_bins = n_bins
+        self.bin_centers = torch.tensor((bins[:-1] + bins[1:]) / 2.0, dtype=torch.float64)
+        self.q01 = torch.tensor(q01, dtype=torch.float64)
+        self.q99 = torch.tensor(q99, dtype=torch.float64)
+        self.mask = torch.tensor(mask, dtype=torch.bool)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.q01)
+
+    def normalized(self, token_index: torch.Tensor) -> torch.Tensor:
+        """Action-token indices (0..n_bins-1) -> normalised actions in [-1, 1] (float64)."""
+        bin_index = (self.n_bins - 1 - token_index).clamp(0, self.n_bins - 2)
+        return self.bin_centers.to(token_index.device)[bin_index]
+
+    def to_env_units(self, token_index: torch.Tensor) -> torch.Tensor:
+        """Action-token indices [..., A] -> un-normalised actions [..., A] (float64)."""
+        norm = self.normalized(token_index)
+        q01, q99, mask = (t.to(norm.device) for t in (self.q01, self.q99, self.mask))
+        return torch.where(mask, 0.5 * (norm + 1.0) * (q99 - q01) + q01, norm)
+
+
+class OpenVLAProcessor:
+    """Env observations -> model inputs (`input_ids`, `attention_mask`, `pixel_values`); bins -> env actions."""
+
+    def __init__(
+        self,
+        tokenizer: PromptTokenizer,
+        pad_token_id: int,
+        images: ImageTransform,
+        bins: ActionBins,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prompts = PromptEncoder(tokenizer, pad_token_id)
+        self.images = images
+        self.bins = bins
+
+    def __call__(self, obs: dict, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        if "main_images" not in obs:
+            raise KeyError("OpenVLA needs main_images in the observation; use an rgb obs mode of the env")
+        input_ids, attention_mask = self.prompts(list(obs["task_descriptions"]))
+        pixel_values = self.images(obs["main_images"].to(device))
+        return {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "pixel_values": pixel_values.to(dtype),
+        }

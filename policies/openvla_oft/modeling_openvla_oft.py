@@ -1,0 +1,43 @@
+"""OpenVLA-OFT: the C x A action tokens of a chunk decoded in parallel, in one forward pass.
+
+The prompt (with the image patches after BOS, as in OpenVLA) is followed by C x A empty action slots whose input
+embeddings are zero (OFT's "empty action embeddings"). With OFT's bidirectional attention every position sees
+every non-padding position. Action token k is read, as in OpenVLA, from the position before its slot (the
+last prompt position for the first token), so the scoring window is the same as OpenVLA's; each token is
+sampled independently from its own distribution (temperature, top-k). The value head reads the last prompt
+position. Processing (prompt, images, bins) is OpenVLA's (`policies/openvla/processing_openvla.py`).
+
+Rollout and `evaluate` run the very same pass (the slots do not depend on the sampled tokens), so the
+log-probs they compute agree to floating-point noise.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from policies.base import register_policy
+from policies.openvla.policy import OpenVLAPolicyBase
+from policies.openvla.sampling import gather_log_probs, sample_bins
+from policies.openvla_oft.configuration_openvla_oft import OpenVLAOFTConfig
+
+
+@register_policy("openvla_oft")
+class OpenVLAOFTPolicy(OpenVLAPolicyBase):
+    config_class: ClassVar[type[OpenVLAOFTConfig]] = OpenVLAOFTConfig
+
+    @property
+    def attention_is_causal(self) -> bool:
+        return self.config.attention == "causal"
+
+    def continuation(self, bins: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(bins.shape[0], self.num_tokens, self.model.hidden_size, device=bins.device)
+
+    def decode_actions(self, inputs: dict[str, torch.Tensor], greedy: bool):
+        batch = inputs["input_ids"].shape[0]
+        slots = torch.zeros(batch, self.num_tokens, self.model.hidden_size, device=self.device)
+        window = self.score_window(inputs, slots)
+        log_probs = self.action_log_probs(window)
+        bins = sample_bins(log_probs, greedy)
+        return bins, gather_log_probs(log_probs, bins), self.values(window[:, 0])
