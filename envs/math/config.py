@@ -45,9 +45,11 @@ class MathEnvConfig(EnvConfig):
                 "same folder as policy.pretrained), so the env can decode the response token ids"
             )
         if "{prompt}" not in self.prompt_template:
+            shown = repr(self.prompt_template).replace("{", "{{").replace("}", "}}")
             raise ConfigError(
-                f"{{section}}prompt_template={self.prompt_template!r} must contain {{prompt}} "
-                "(where the record's prompt goes)"
+                "{section}prompt_template="
+                + shown
+                + " must contain {{prompt}} (where the record's prompt goes)"
             )
 
     def resolved_data_file(self) -> Path:

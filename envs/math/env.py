@@ -73,9 +73,14 @@ class MathBatch(EnvBatch):
         return self._obs()
 
     def decode(self, actions: torch.Tensor) -> list[str]:
-        """Response texts of token-id actions [M, L] (-1 padding dropped, special tokens skipped)."""
+        """Response texts of token-id actions [M, L]: each row up to its first -1 or EOS, special tokens skipped."""
         ids = torch.as_tensor(actions).detach().cpu().round().long()
-        rows = [row[row > PAD_ACTION].tolist() for row in ids]
+        eos = self.tokenizer.eos_token_id
+        ended = (ids <= PAD_ACTION) | (
+            ids == eos if eos is not None else torch.zeros_like(ids, dtype=torch.bool)
+        )
+        lengths = torch.where(ended.any(1), ended.int().argmax(1), ids.shape[1])
+        rows = [row[:n].tolist() for row, n in zip(ids, lengths.tolist())]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     def step(
