@@ -35,7 +35,9 @@ class LiberoConfig(EnvConfig):
         None, help="tasks of the suite to run (0-based ids in the suite's order); null: all of them"
     )
     image_size: int = param(128, help="height and width of both camera images", ge=16, le=1024)
-    wrist_image: bool = param(True, help="also render the wrist camera (wrist_images); false halves render time")
+    wrist_image: bool = param(
+        True, help="also render the wrist camera (wrist_images); false halves render time"
+    )
     shadows: bool = param(
         False, help="lights cast shadows; LIBERO's scenes have none (as in its datasets); costly on CPU"
     )

@@ -65,7 +65,9 @@ def default_paths() -> dict[str, str]:
     missing = _missing_distributions(("libero", "robosuite", "bddl", "mujoco"))
     libero_dir = _package_dir("libero")
     if missing or libero_dir is None:
-        raise LiberoSetupError(f"LIBERO is not installed (missing: {', '.join(missing) or 'libero'}). {INSTALL_HELP}")
+        raise LiberoSetupError(
+            f"LIBERO is not installed (missing: {', '.join(missing) or 'libero'}). {INSTALL_HELP}"
+        )
     mujoco_version = importlib.metadata.version("mujoco")
     if int(mujoco_version.split(".")[0]) >= 4:
         raise LiberoSetupError(

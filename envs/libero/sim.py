@@ -11,7 +11,9 @@ with numpy's global RNG seeded by the id (the caller's RNG state is restored aft
 
 Three things make an episode cheaper with the same result:
 - a soft reset (`hard_reset=False`): the MuJoCo model is kept rather than rebuilt from XML (2-5 s on CPU);
-  the fixed initial state then sets the whole simulator state anyway,
+  the fixed initial state then sets the whole simulator state anyway, and the one thing a soft reset would
+  carry over (the gripper's command ramp, which robosuite keeps in its gripper model) is zeroed as a hard
+  reset does,
 - the cameras are off during the reset and the settle steps except the last one, so a reset renders once,
   not 2 + settle_steps times (rendering dominates on CPU),
 - when the cameras come back on they are put in the sampling phase they would have had all along (robosuite
@@ -101,6 +103,8 @@ class LiberoSim:
         self._cameras_off()
         with seeded_numpy_global_rng(init_state_id):
             self.env.reset()
+        for robot in self.env.robots:  # a hard reset rebuilds the gripper model, and with it this ramp
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
         if self.settle_steps == 0:
             self._cameras_on_in_phase()
         raw = self.env.set_init_state(init_states[init_state_id])
