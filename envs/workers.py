@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 import traceback
@@ -116,6 +117,11 @@ def _worker_main(conn, parent_pid: int, config: EnvConfig, make_batch, env_ids: 
         if env is not None:
             env.close()
         conn.close()
+    # The simulators are closed; skip the interpreter's teardown, which takes seconds of CPU with
+    # torch + SAPIEN loaded (and would make close() wait on, or terminate, the workers).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- the parent side ---------------------------------------------------------------------------------------

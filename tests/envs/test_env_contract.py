@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_env_workers import gone
 
 from envs import EnvConfig, env_registry, make_env
+from envs.workers import ProcessVectorEnv
 
 LIMIT = 5
 SIM = pytest.mark.sim
@@ -54,7 +56,9 @@ def env(request):
     config = EnvConfig.from_dict({**request.param, "max_episode_steps": LIMIT, "seed": 3}, path="env")
     env = make_env(config)
     yield env
+    pids = env.worker_pids if isinstance(env, ProcessVectorEnv) else []
     env.close()
+    assert all(gone(pid) for pid in pids), "worker processes outlived close()"
 
 
 def actions_for(env, chunk: int, seed: int = 0) -> torch.Tensor:

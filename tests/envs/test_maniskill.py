@@ -193,3 +193,22 @@ def test_the_fast_seeded_reset_gives_maniskills_seeded_initial_state(task):
             torch.testing.assert_close(after_ours, torch.rand(3))  # torch's global RNG is left as it was
     finally:
         env.close()
+
+
+@sim
+def test_all_maniskill_workers_are_gone_after_one_crashes():
+    """(After close(): checked for every worker-based case in test_env_contract.py.)"""
+    import signal
+
+    from test_env_workers import gone
+
+    from envs.workers import EnvWorkerError
+
+    env = pushcube(num_envs=2, num_workers=2)
+    env.reset(seed=0)
+    env.chunk_step(torch.zeros(2, 2, env.spec.action_dim))
+    pids = env.worker_pids
+    os.kill(pids[1], signal.SIGKILL)  # a simulator crash
+    with pytest.raises(EnvWorkerError, match=r"env worker 1 .* died \(exit code -9\)"):
+        env.chunk_step(torch.zeros(2, 2, env.spec.action_dim))
+    assert all(gone(p) for p in pids)
