@@ -2,6 +2,7 @@
 
     python scripts/bench_env.py                       # ManiSkill PushCube-v1, state and rgb
     python scripts/bench_env.py --modes state --num-envs 8 --workers 2 --seconds 5 --rounds 3
+    python scripts/bench_env.py --sims libero         # LIBERO libero_spatial task 0 (see its block)
 
 ManiSkill block: for each observation mode,
   raw        gym.make(task) + step loop in this process (the baseline; resets on time limit / termination)
@@ -218,6 +219,135 @@ def report(title: str, samples: dict, n: int, args, mode: str) -> list[str]:
     return lines
 
 
+# -- the LIBERO block ------------------------------------------------------------------------------------------
+# raw     LIBERO's own OffScreenRenderEnv stepped in this process (the baseline), both cameras
+# api-1   the env API, 1 env in this process, chunks of --chunk actions
+# for LIBERO's scenes as shipped (no light casts a shadow) and with every light casting shadows. Episodes never
+# end during a measurement (the time limit is out of reach), so both count policy steps only; resets are timed
+# apart: LIBERO's own loop (hard reset, set_init_state, 10 no-op settle steps) against the API's reset.
+def raw_libero(suite: str, task_id: int, image_size: int, shadows: bool):
+    from envs.libero.convert import NO_OP_ACTION
+    from envs.libero.offline import load_libero
+    from envs.libero.tasks import load_task
+
+    task = load_task(suite, task_id)
+    env = load_libero().OffScreenRenderEnv(
+        bddl_file_name=task.bddl_file, camera_heights=image_size, camera_widths=image_size
+    )
+    env.reset()  # a hard reset: it rebuilds the model, so the shadows are switched on after it
+    if shadows:
+        env.sim.model.light_castshadow[:] = 1
+    env.set_init_state(task.init_states[0])
+    for _ in range(10):
+        env.step(NO_OP_ACTION)
+    actions = np.random.default_rng(0).uniform(-1, 1, size=(256, 7))
+    state = {"t": 0}
+
+    def step() -> int:
+        env.step(actions[state["t"] % 256])
+        state["t"] += 1
+        return 1
+
+    return step, env.close
+
+
+def libero_config(args, shadows: bool, **overrides):
+    from envs import EnvConfig
+
+    base = {
+        "name": "libero",
+        "suite": args.libero_suite,
+        "task_ids": [args.libero_task],
+        "num_envs": 1,
+        "image_size": args.libero_image_size,
+        "shadows": shadows,
+        "max_episode_steps": 10**6,
+    }
+    return EnvConfig.from_dict({**base, **overrides}, path="env")
+
+
+def api_libero(args, shadows: bool):
+    """The API's stepper for the same scene (initial state 0) and the same actions as `raw_libero`."""
+    from envs import make_env
+
+    env = make_env(libero_config(args, shadows))
+    env.reset(initial_state_ids=[0])
+    actions = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, size=(256, 7))).float()
+    chunks = actions[: 256 // args.chunk * args.chunk].reshape(-1, 1, args.chunk, 7)
+    state = {"t": 0}
+
+    def step() -> int:
+        env.chunk_step(chunks[state["t"] % len(chunks)])
+        state["t"] += 1
+        return args.chunk
+
+    return step, env.close
+
+
+def libero_reset_seconds(args, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds of one reset: LIBERO's own loop (hard reset + set_init_state + 10 settle steps), the API."""
+    from envs import make_env
+    from envs.libero.convert import NO_OP_ACTION
+    from envs.libero.offline import load_libero
+    from envs.libero.tasks import load_task
+
+    task, size = load_task(args.libero_suite, args.libero_task), args.libero_image_size
+    raw = load_libero().OffScreenRenderEnv(
+        bddl_file_name=task.bddl_file, camera_heights=size, camera_widths=size
+    )
+    api = make_env(libero_config(args, shadows=False))
+    raw_times, api_times = [], []
+    try:
+        for k in range(repeats):
+            start = time.perf_counter()
+            raw.reset()
+            raw.set_init_state(task.init_states[k])
+            for _ in range(10):
+                raw.step(NO_OP_ACTION)
+            raw_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            api.reset(initial_state_ids=[k])
+            api_times.append(time.perf_counter() - start)
+    finally:
+        raw.close()
+        api.close()
+    return statistics.median(raw_times), statistics.median(api_times)
+
+
+def bench_libero(args) -> list[str]:
+    import envs.libero  # noqa: F401  (headless rendering and LIBERO's config file before LIBERO is imported)
+
+    makers = {}
+    for shadows in (False, True):
+        tag = "shadows" if shadows else "no-shadows"
+        makers[f"raw {tag}"] = partial(
+            raw_libero, args.libero_suite, args.libero_task, args.libero_image_size, shadows
+        )
+        makers[f"api-1 {tag}"] = partial(api_libero, args, shadows)
+    samples = measure(makers, args.libero_seconds, args.libero_rounds)
+    title = (
+        f"## libero {args.libero_suite} task {args.libero_task}, {args.libero_image_size}x"
+        f"{args.libero_image_size} agent view + wrist, chunk={args.chunk} ({args.libero_rounds} rounds)"
+    )
+    lines = [title]
+    for name, values in samples.items():
+        lines.append(f"  {name:<18} {statistics.median(v[0] for v in values):7.2f} env steps/s (median)")
+    for tag in ("no-shadows", "shadows"):
+        api = ratio(samples, f"api-1 {tag}", f"raw {tag}")
+        cpu = ratio(samples, f"api-1 {tag}", f"raw {tag}", cpu=True)
+        verdict = "PASS" if 1 - api <= 0.05 else "FAIL"
+        lines.append(
+            f"  api-1 / raw, {tag:<10} = {api:.3f} wall, {cpu:.3f} per CPU second "
+            f"(overhead {1 - api:+.1%}; goal <= 5 %: {verdict})"
+        )
+    lines.append(f"  raw no-shadows / raw shadows = {ratio(samples, 'raw no-shadows', 'raw shadows'):.2f}x")
+    raw_reset, api_reset = libero_reset_seconds(args)
+    lines.append(
+        f"  reset: LIBERO's own loop {raw_reset:.2f} s, the API {api_reset:.2f} s ({raw_reset / api_reset:.1f}x)"
+    )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -233,13 +363,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per measurement (rgb: twice this)")
     parser.add_argument("--rounds", type=int, default=8, help="rounds of turns (rgb: half, at least 3)")
     parser.add_argument("--no-async-baseline", dest="async_baseline", action="store_false")
+    parser.add_argument("--sims", nargs="+", default=["maniskill"], choices=["maniskill", "libero"])
+    parser.add_argument("--libero-suite", default="libero_spatial")
+    parser.add_argument("--libero-task", type=int, default=0)
+    parser.add_argument("--libero-image-size", type=int, default=128)
+    parser.add_argument("--libero-seconds", type=float, default=8.0, help="per LIBERO measurement")
+    parser.add_argument("--libero-rounds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()
     print(
         f"cores: {os.cpu_count()}, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True
     )
-    lines = bench_maniskill(args)
+    lines = bench_maniskill(args) if "maniskill" in args.sims else []
+    lines += bench_libero(args) if "libero" in args.sims else []
     print("\n".join(lines))
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
