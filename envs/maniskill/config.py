@@ -40,6 +40,11 @@ class ManiSkillConfig(EnvConfig):
         None, help="robot; null: the task's default (panda_wristcam adds a wrist camera)"
     )
     instruction: str | None = param(None, help="language instruction; null: the built-in one for the task")
+    gpu_reset: str = param(
+        "batched",
+        help="physx_cuda resets: batched (2 calls; same seed + num_envs, same states) or exact (id = state anywhere)",
+        choices=("batched", "exact"),
+    )
 
     def check(self) -> None:
         super().check()

@@ -1,14 +1,16 @@
 """ManiSkill's GPU backend: all M envs in one PhysX GPU scene, reset partially, stepped together.
 
-Initial-state ids are seeds, as on CPU, and must mean the same state whatever row an env sits in and whatever
-else is reset with it (GRPO groups, fixed evaluation lists). ManiSkill seeds a partial reset with ONE torch
-seed for all rows it resets (`torch.manual_seed(seed[0])`, then e.g. `torch.rand((len(env_idx), 2))`), so
-resetting rows [a, b] with seeds [s, s] gives them different states. Hence, per reset:
-  1. for each distinct id s, reset one representative row alone with seed s (the seed list repeats s so that
-     both the torch seed and that row's numpy episode RNG are s);
+ManiSkill seeds a partial reset with ONE torch seed for all the rows it resets (`torch.manual_seed(seed[0])`,
+then e.g. `torch.rand((len(env_idx), 2))`), so resetting rows [a, b] with seeds [s, s] gives them different
+states, and a row's state depends on the other rows reset with it. So, per reset:
+  1. reset one representative row per distinct id: `gpu_reset: batched` does them in one ManiSkill reset
+     (seeded by the ids: the same seed and num_envs give the same episodes, but an id's state depends on its
+     batch); `gpu_reset: exact` resets each alone with its id as the only seed (the seed list repeats it so
+     that both torch and that row's episode RNG get it), so an id gives the same state in any row and batch,
+     as on the CPU backend, at one ManiSkill reset (with observations of all rows) per distinct id;
   2. copy each representative's simulation state into the other rows with its id, in one partial reset
-     through ManiSkill's `reset_to_env_states` (which also resets their controllers and step counters).
-A reset thus costs one ManiSkill reset per distinct id plus one; `group_size` > 1 makes that fewer.
+     through ManiSkill's `reset_to_env_states` (which also resets their controllers and step counters):
+     GRPO groups start from exactly the same state in both modes.
 Observations stay on the GPU; rewards and flags come back to the CPU (episode bookkeeping is numpy).
 """
 
@@ -45,6 +47,7 @@ def _index_state(state: dict, rows: torch.Tensor) -> dict:
 class ManiSkillGPUBatch(EnvBatch):
     def __init__(self, config: ManiSkillConfig, env_ids: list[int]) -> None:
         self.num_envs = len(env_ids)
+        self.exact = config.gpu_reset == "exact"
         self.env = make_raw_env(config, num_envs=self.num_envs)
         self.device = self.env.device
         self.adapter = ObsAdapter(self.env, config.obs_mode)
@@ -62,8 +65,19 @@ class ManiSkillGPUBatch(EnvBatch):
     def reset_envs(self, env_ids: np.ndarray, initial_state_ids: np.ndarray) -> Obs:
         first, rows, sources = representatives(np.asarray(env_ids), np.asarray(initial_state_ids))
         raw = None
-        for state_id, row in first.items():
-            raw, _ = self.env.reset(seed=[state_id] * self.num_envs, options={"env_idx": self._rows([row])})
+        if self.exact:
+            for state_id, row in first.items():
+                raw, _ = self.env.reset(
+                    seed=[state_id] * self.num_envs, options={"env_idx": self._rows([row])}
+                )
+        elif first:
+            reps = sorted(first.items(), key=lambda item: item[1])  # (id, row) by row
+            # a seed for every row: ManiSkill re-seeds all rows' episode RNGs and torch with seeds[0]
+            seeds = np.full(self.num_envs, reps[0][0], np.int64)
+            seeds[[row for _, row in reps]] = [state_id for state_id, _ in reps]
+            raw, _ = self.env.reset(
+                seed=seeds.tolist(), options={"env_idx": self._rows([r for _, r in reps])}
+            )
         if len(rows):
             states = _index_state(self.env.get_state_dict(), self._rows(sources))
             raw, _ = self.env.reset(
