@@ -80,6 +80,34 @@ case("openvla")(openvla_case("openvla", chunks=1))
 case("openvla_oft")(openvla_case("openvla_oft", chunks=8))
 
 
+# -- pi0 (policies/pi0) -----------------------------------------------------------------------------------------------
+def pi0_case(method: str) -> Case:
+    """Tiny: the default Pi0Config (64x64 env frames resized to 32, K=4 steps, chunk 8). Real: the released sizes
+    (PaliGemma gemma_2b + gemma_300m expert + SigLIP So400m/14 at 224, chunk 50, K=10), random weights, 5 actions
+    of each chunk executed, gradient checkpointing."""
+
+    def build(size: str, device: str, dtype: str, batch: int) -> tuple[Policy, dict]:
+        from policies.pi0.configuration_pi0 import GEMMA_VARIANTS, PALIGEMMA_VOCAB_SIZE, SIGLIP_SO400M_224
+
+        spec, obs = image_obs(batch, 64 if size == "tiny" else 224, 7, device)
+        fields = {"name": "pi0", "rl_method": method, "dtype": dtype}
+        if size == "real":
+            fields.update(
+                vlm=GEMMA_VARIANTS["gemma_2b"].to_dict(), expert=GEMMA_VARIANTS["gemma_300m"].to_dict(),
+                vision=SIGLIP_SO400M_224.to_dict(), vocab_size=PALIGEMMA_VOCAB_SIZE, chunk_size=50,
+                max_state_dim=32, max_action_dim=32, num_steps=10, action_chunk=5, tokenizer="word_hash",
+                tokenizer_max_length=48, gradient_checkpointing=True,
+            )  # fmt: skip
+        config = PolicyConfig.from_dict(fields, path="policy")
+        return make_policy(config, spec).to(device), obs
+
+    return build
+
+
+case("pi0_flow_noise")(pi0_case("flow_noise"))
+case("pi0_flow_sde")(pi0_case("flow_sde"))
+
+
 def median_seconds(fn: Callable[[], object], repeats: int, device: str) -> float:
     fn()  # warm-up
     times = []

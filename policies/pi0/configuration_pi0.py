@@ -128,7 +128,7 @@ class Pi0Config(PolicyConfig):
     tokenizer: str | None = param(
         None,
         help="PaliGemma tokenizer: a SentencePiece tokenizer.model or a Hugging Face tokenizer folder; "
-        "null: the built-in word-hash tokenizer (tiny models only)",
+        "null: the built-in word-hash tokenizer (tiny models only); word_hash: that tokenizer at any vocab size",
     )
     norm_stats: str | None = param(
         None,

@@ -24,6 +24,9 @@ from envs.base import EnvSpec, Obs
 from policies.pi0.configuration_pi0 import BOS_TOKEN_ID, PAD_TOKEN_ID, Pi0Config
 
 NORM_EPS = 1e-6
+WORD_HASH = (
+    "word_hash"  # policy.tokenizer value that forces the built-in tokenizer (random-weight benchmarks)
+)
 
 
 # -- images --------------------------------------------------------------------------------------------------------
@@ -118,6 +121,8 @@ class HFTokenizer:
 
 
 def make_tokenizer(config: Pi0Config) -> PromptTokenizer:
+    if config.tokenizer == WORD_HASH:
+        return WordHashTokenizer(config.vocab_size)
     if config.tokenizer is None:
         if config.vocab_size >= 100_000:
             raise ValueError(
