@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
 from envs.base import EnvBatch, EnvSpec, Obs
 from envs.libero.config import MAX_EPISODE_STEPS, LiberoConfig
 from envs.libero.convert import ACTION_DIM, STATE_DIM
-from envs.libero.offline import load_libero
+from envs.libero.offline import RENDER_HELP, LiberoSetupError, is_render_error, load_libero
 from envs.libero.sim import LiberoSim
 from envs.libero.tasks import load_task
 
@@ -43,8 +45,11 @@ class LiberoBatch(EnvBatch):
         try:
             for task in self.tasks:
                 self.sims.append(LiberoSim(libero, task, config))
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, Exception) and is_render_error(exc):
+                backend = os.environ.get("MUJOCO_GL", "")
+                raise LiberoSetupError(RENDER_HELP.format(backend=backend, error=exc)) from exc
             raise
         self.descriptions = [task.language for task in self.tasks]
         size = config.image_size

@@ -31,6 +31,19 @@ INSTALL_HELP = (
 )
 
 
+RENDER_HELP = (
+    "LIBERO could not render with MUJOCO_GL={backend} ({error}). MuJoCo renders headless through EGL (a GPU's, or "
+    "Mesa's llvmpipe on CPU) or OSMesa: install them (`apt-get install -y libegl1 libgl1 libosmesa6 "
+    "libegl-mesa0 libgl1-mesa-dri`; `bash scripts/setup.sh` does it as root), or try the other backend with "
+    "MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa (or egl); MUJOCO_EGL_DEVICE_ID picks a GPU for EGL."
+)
+
+
+def is_render_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(k in text for k in ("egl", "osmesa", "opengl", "gl context", "glfw"))
+
+
 class LiberoSetupError(RuntimeError):
     """LIBERO cannot run here as installed or configured; the message says what to install or change."""
 

