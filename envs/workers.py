@@ -46,6 +46,12 @@ _CONTEXT = mp.get_context("spawn")
 _JOIN_TIMEOUT_S = 5.0
 
 
+_STARTUP_HINT = (
+    " while starting. Workers start with multiprocessing's spawn method and import your main module again: "
+    'a script that builds envs must do so under `if __name__ == "__main__":`'
+)
+
+
 class EnvWorkerError(RuntimeError):
     """An env worker process failed; the message carries the worker's own error and traceback."""
 
@@ -171,7 +177,9 @@ class ProcessVectorEnv(VectorEnv):
             child_conn.close()  # so the parent sees EOF when the worker dies
             self._processes.append(proc)
             self._conns.append(parent_conn)
+        self._started = False
         specs: list[EnvSpec] = self._receive_all()
+        self._started = True
         self.spec = specs[0]
         self.stream = InitialStateStream(
             config.seed, config.num_envs, config.group_size, self.spec.num_initial_states
@@ -192,7 +200,8 @@ class ProcessVectorEnv(VectorEnv):
             except (EOFError, OSError):
                 proc = self._processes[worker_id]
                 proc.join(1.0)
-                reply = ("error", f"the process died (exit code {proc.exitcode})", "")
+                hint = "" if self._started else _STARTUP_HINT
+                reply = ("error", f"the process died (exit code {proc.exitcode}){hint}", "")
             if reply[0] == "error" and failure is None:
                 failure = (worker_id, reply)
             replies.append(reply[1] if reply[0] == "ok" else None)

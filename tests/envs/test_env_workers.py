@@ -148,3 +148,19 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     pids = [int(p) for p in proc.stdout.split()]
     assert len(pids) == 2, proc.stderr
     assert wait_gone(pids, timeout=10.0)
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[2])]!r}
+        from env_toys import CountdownConfig
+        from envs import make_env
+        make_env(CountdownConfig(num_envs=2, num_workers=2))
+    """)
+    (tmp_path / "unguarded.py").write_text(script)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "unguarded.py")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "EnvWorkerError" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr
