@@ -125,44 +125,48 @@ def test_close_releases_the_scenes_and_stops_the_workers(env):  # last: the othe
 
 
 # -- specifics ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def goal_env():
-    env = make_env(libero_config(suite="libero_goal", task_ids=[0], group_size=2, max_episode_steps=LIMIT))
-    yield env
-    env.close()
+class TestGoalTask:
+    """libero_goal task 0, "open the middle drawer of the cabinet", in this process (its env is freed after the
+    class: a LIBERO scene holds ~1.3 GB)."""
 
+    @pytest.fixture(scope="class")
+    def goal_env(self):
+        env = make_env(
+            libero_config(suite="libero_goal", task_ids=[0], group_size=2, max_episode_steps=LIMIT)
+        )
+        yield env
+        env.close()
 
-def test_success_is_libero_own_check_and_ends_the_episode(goal_env):
-    env = goal_env
-    env.reset(initial_state_ids=[0, 0])
-    sim = env.batch.sims[0]
-    assert not sim.env.check_success()
-    sim.env.env.object_states_dict["wooden_cabinet_1_middle_region"].set_joint(-0.15)  # drawer open
-    sim.env.sim.forward()
-    assert sim.env.check_success()  # LIBERO's goal check of "open the middle drawer of the cabinet"
-    actions = torch.tensor(NO_OP_ACTION).expand(2, 2, 7)
-    _, rewards, terms, truncs, infos = env.chunk_step(actions)
-    assert terms.tolist() == [[True, False], [False, False]] and not truncs.any()
-    assert rewards.tolist() == [[1.0, 0.0], [0.0, 0.0]]
-    assert infos["success"].tolist() == [[True, False], [False, False]]
-    assert infos["episode_done"].tolist() == [True, False]
-    assert infos["episode"]["success_once"][0] and infos["episode"]["success_at_end"][0]
-    assert not sim.env.check_success()  # auto-reset at chunk end
+    def test_success_is_libero_own_check_and_ends_the_episode(self, goal_env):
+        env = goal_env
+        env.reset(initial_state_ids=[0, 0])
+        sim = env.batch.sims[0]
+        assert not sim.env.check_success()
+        sim.env.env.object_states_dict["wooden_cabinet_1_middle_region"].set_joint(-0.15)  # drawer open
+        sim.env.sim.forward()
+        assert sim.env.check_success()  # LIBERO's check of the task's BDDL goal
+        actions = torch.tensor(NO_OP_ACTION).expand(2, 2, 7)
+        _, rewards, terms, truncs, infos = env.chunk_step(actions)
+        assert terms.tolist() == [[True, False], [False, False]] and not truncs.any()
+        assert rewards.tolist() == [[1.0, 0.0], [0.0, 0.0]]
+        assert infos["success"].tolist() == [[True, False], [False, False]]
+        assert infos["episode_done"].tolist() == [True, False]
+        assert infos["episode"]["success_once"][0] and infos["episode"]["success_at_end"][0]
+        assert not sim.env.check_success()  # auto-reset at chunk end
 
-
-def test_initial_state_ids_index_the_benchmark_states(goal_env):
-    env = goal_env
-    task = load_task("libero_goal", 0)
-    sims = env.batch.sims
-    try:
-        for sim in sims:
-            sim.settle_steps = 0
-        env.reset(initial_state_ids=[4, 17])
-        np.testing.assert_array_equal(sims[0].env.get_sim_state(), task.init_states[4])
-        np.testing.assert_array_equal(sims[1].env.get_sim_state(), task.init_states[17])
-    finally:
-        for sim in sims:
-            sim.settle_steps = 10
+    def test_initial_state_ids_index_the_benchmark_states(self, goal_env):
+        env = goal_env
+        task = load_task("libero_goal", 0)
+        sims = env.batch.sims
+        try:
+            for sim in sims:
+                sim.settle_steps = 0
+            env.reset(initial_state_ids=[4, 17])
+            np.testing.assert_array_equal(sims[0].env.get_sim_state(), task.init_states[4])
+            np.testing.assert_array_equal(sims[1].env.get_sim_state(), task.init_states[17])
+        finally:
+            for sim in sims:
+                sim.settle_steps = 10
 
 
 def test_two_tasks_in_one_process_render_exactly_as_libero_own_loop():
