@@ -149,9 +149,21 @@ def write_pretrained(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"policy": config.to_dict(), "env_spec": _spec_to_dict(env_spec)}
-    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    state = _unshared({k: v.detach().cpu().contiguous() for k, v in state.items()})
     _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     _atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2)))
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with a copy of every tensor whose memory an earlier one already uses (tied weights, e.g. a
+    language model's input and output embeddings): safetensors refuses to save shared memory."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        storage = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if storage in seen and tensor.numel() else tensor
+        seen.add(storage)
+    return out
 
 
 def _atomic_write(path: Path, write: Any) -> None:

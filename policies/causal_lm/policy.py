@@ -200,11 +200,18 @@ class CausalLMPolicy(Policy):
                 os.replace(os.path.join(tmp, name), directory / name)
 
     def load_weights(self, directory: str | os.PathLike) -> None:
-        """Load the weights of a folder `save_pretrained` wrote (model, and value head when this policy has one)."""
+        """Load weights from a Hugging Face folder (`save_pretrained`: the model, and the value head when this
+        policy has one) or from the suite's layout (`policies.base.write_pretrained`: the runtime's
+        checkpoints, whose config.json holds the policy config)."""
+        import json
+
         from transformers import AutoModelForCausalLM
 
-        from policies.base import load_state_dict_strict
+        from policies.base import CONFIG_NAME, load_state_dict_strict
 
+        config_file = Path(directory) / CONFIG_NAME
+        if config_file.is_file() and "policy" in json.loads(config_file.read_text()):
+            return super().load_weights(directory)
         loaded = AutoModelForCausalLM.from_pretrained(
             str(directory), dtype=next(self.model.parameters()).dtype
         )

@@ -47,3 +47,18 @@ def sft_loss(policy: CausalLMPolicy, inputs: dict[str, torch.Tensor]) -> torch.T
     logprobs, _, _ = policy.sequence_logprobs(inputs, temperature=1.0, with_entropy=False)
     mask = inputs["attention_mask"][:, -policy.max_new_tokens :].to(logprobs.device)
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
+def greedy_accuracy(policy: CausalLMPolicy, problems: Sequence, batch_size: int = 128) -> float:
+    """Share of `problems` (with .prompt and .answer) whose greedy response the math reward accepts."""
+    from algorithms.math_reward import is_correct
+
+    correct = 0
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        actions = policy.predict({"task_descriptions": [p.prompt for p in chunk]}, mode="eval").actions[:, 0]
+        texts = policy.tokenizer.batch_decode(
+            [[int(t) for t in row if t >= 0] for row in actions], skip_special_tokens=True
+        )
+        correct += sum(is_correct(text, p.answer) for text, p in zip(texts, chunk))
+    return correct / max(len(problems), 1)

@@ -132,6 +132,21 @@ def test_save_and_load_in_hugging_face_layout(tmp_path):
     torch.testing.assert_close(fresh.evaluate(out.forward_inputs).logprobs, out.logprobs, atol=1e-5, rtol=0)
 
 
+def test_runtime_checkpoints_in_the_suite_layout_load_too(tmp_path):
+    from policies.base import write_pretrained
+
+    torch.manual_seed(0)
+    policy = policy_for(value_head=True)
+    torch.nn.init.normal_(policy.value_head.weight)
+    write_pretrained(tmp_path, policy.config, policy.env_spec, policy.state_dict())  # tied embeddings inside
+    fresh = policy_for(value_head=True)
+    fresh.load_weights(tmp_path)
+    out = policy.predict({"task_descriptions": PROMPTS})
+    evaluated = fresh.evaluate(out.forward_inputs)
+    torch.testing.assert_close(evaluated.logprobs, out.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(evaluated.values, out.values)
+
+
 def test_a_qwen2_checkpoint_with_a_chat_template_loads_from_a_local_folder(tmp_path):
     """The path real checkpoints take: AutoModelForCausalLM + AutoTokenizer from disk, the chat template applied,
     every end-of-turn id of the generation config ending a response."""
