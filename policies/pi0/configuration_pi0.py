@@ -144,10 +144,12 @@ class Pi0Config(PolicyConfig):
     action_chunk: int | None = param(
         None, help="steps C of each predicted chunk that the env executes; null: chunk_size", ge=1
     )
-    eval_noise: Literal["fixed", "zero"] = param(
-        "fixed", help="eval-mode initial noise: one fixed draw (eval_seed) shared by all envs, or zeros"
+    eval_noise: Literal["hashed", "fixed", "zero"] = param(
+        "hashed",
+        help="eval-mode initial noise: hashed (a draw seeded by a hash of each env's observation: the same obs "
+        "gives the same action), fixed (one draw shared by all envs) or zero",
     )
-    eval_seed: int = param(0, help="seed of the fixed eval-mode noise", ge=0)
+    eval_seed: int = param(0, help="seed mixed into the eval-mode noise", ge=0)
     # -- RL ---------------------------------------------------------------------------------------------------------
     rl_method: Literal["flow_noise", "flow_sde"] = param(
         "flow_noise",

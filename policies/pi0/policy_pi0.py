@@ -6,7 +6,8 @@ predict(obs, mode):
     logprobs = joint chain density per token [N, C, A];
   - train + flow_sde: one random step k* per env is an SDE step with the ODE's marginals, the others are Euler
     steps; logprobs = that step's transition density per token;
-  - eval: Euler steps from a fixed initial noise (`eval_noise`), deterministic; logprobs are 0.
+  - eval: Euler steps from an initial noise that is a function of the observation (`eval_noise`), so the
+    action is deterministic; logprobs are 0.
   actions = x_K cut to [N, C, A] and un-normalised; values [N] from the value head.
   forward_inputs: the env's uint8 frames (resizing is redone in evaluate: storing 224x224 float pixels per
   camera would cost ~600 KB per sample), token ids and masks, normalised states, the chain x_0..x_K
@@ -16,6 +17,8 @@ evaluate(forward_inputs): the same transitions recomputed on the stored chain ->
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -46,6 +49,22 @@ from policies.pi0.processing_pi0 import (
 )
 
 NOISE_HEAD = "noise_head."
+
+
+def observation_seeds(fi: dict[str, torch.Tensor], salt: int) -> list[int]:
+    """One 63-bit seed per env from a hash of its processed observation (frames, tokens, state) and `salt`.
+
+    Eval-mode noise drawn from these seeds makes the action a deterministic function of the observation while
+    looking like an ordinary N(0, I) draw across observations (a shared or zero noise would be atypical)."""
+    keys = sorted(k for k in ("main_images", "wrist_images", "lang_tokens", "states") if k in fi)
+    rows = [t.detach().cpu().contiguous().view(t.shape[0], -1) for t in (fi[k] for k in keys)]
+    seeds = []
+    for i in range(rows[0].shape[0]):
+        digest = hashlib.blake2b(salt.to_bytes(8, "little"), digest_size=8)
+        for r in rows:
+            digest.update(r[i].numpy().tobytes())
+        seeds.append(int.from_bytes(digest.digest(), "little") >> 1)
+    return seeds
 
 
 @register_policy("pi0")
@@ -142,14 +161,19 @@ class Pi0Policy(Policy):
         images, masks = images_to_model(frames, self.config.vision.image_size, self.config.empty_cameras)
         return Pi0Inputs(images, masks, fi["lang_tokens"], fi["lang_masks"], fi["states"])
 
-    def _initial_noise(self, n: int, mode: Mode) -> torch.Tensor:
+    def _initial_noise(self, fi: dict[str, torch.Tensor], mode: Mode) -> torch.Tensor:
+        n, device = fi["states"].shape[0], self.times.device
         shape = (self.config.chunk_size, self.config.max_action_dim)
         if mode == "train":
-            return torch.randn((n, *shape), device=self.times.device)
+            return torch.randn((n, *shape), device=device)
         if self.config.eval_noise == "zero":
-            return torch.zeros((n, *shape), device=self.times.device)
-        g = torch.Generator().manual_seed(self.config.eval_seed)
-        return torch.randn(shape, generator=g).to(self.times.device).expand(n, *shape).clone()
+            return torch.zeros((n, *shape), device=device)
+        if self.config.eval_noise == "fixed":
+            g = torch.Generator().manual_seed(self.config.eval_seed)
+            return torch.randn(shape, generator=g).to(device).expand(n, *shape).clone()
+        seeds = observation_seeds(fi, self.config.eval_seed)
+        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.stack(rows).to(device)
 
     def _vlm_trains(self) -> bool:
         return any(p.requires_grad for p in self.model.paligemma_with_expert.paligemma.parameters())
@@ -173,7 +197,7 @@ class Pi0Policy(Policy):
         fi = self._forward_inputs(obs)
         inputs = self._model_inputs(fi)
         cache = self.model.prefix_pass(inputs)
-        x0 = self._initial_noise(inputs.state.shape[0], mode)
+        x0 = self._initial_noise(fi, mode)
         if mode == "eval":
             chain, logprobs, first_out = self._ode_chain(cache, inputs.state, x0)
         elif self.config.rl_method == "flow_noise":

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from envs.base import make_env
+from envs.base import make_env, select_obs
 from envs.colour_targets import ColourTargetsConfig
 from policies import make_policy, policy_registry
 from policies.base import read_saved_config
@@ -87,9 +87,22 @@ def test_eval_mode_is_deterministic_and_train_mode_is_not(env_and_obs, method):
     policy = _policy(spec, rl_method=method)
     first, second = policy.predict(obs, mode="eval"), policy.predict(obs, mode="eval")
     assert torch.equal(first.actions, second.actions) and torch.equal(first.logprobs, torch.zeros(5, 4, 2))
+    order = [
+        4,
+        2,
+        0,
+        1,
+        3,
+    ]  # the action is a function of the env's own observation, not of its batch position
+    torch.testing.assert_close(
+        policy.predict(select_obs(obs, order), mode="eval").actions, first.actions[order]
+    )
+    noise = first.forward_inputs["chain"][:, 0]
+    assert not torch.allclose(noise[0], noise[1]) and noise.std() == pytest.approx(1.0, abs=0.2)
     assert not torch.equal(policy.predict(obs).actions, policy.predict(obs).actions)
-    zero = _policy(spec, rl_method=method, eval_noise="zero")
-    assert torch.equal(zero.predict(obs, mode="eval").actions, zero.predict(obs, mode="eval").actions)
+    for mode in ("zero", "fixed"):
+        other = _policy(spec, rl_method=method, eval_noise=mode)
+        assert torch.equal(other.predict(obs, mode="eval").actions, other.predict(obs, mode="eval").actions)
 
 
 @pytest.mark.parametrize("method", METHODS)
