@@ -75,6 +75,12 @@ class CausalLMPolicy(Policy):
     def from_config(cls, config: CausalLMConfig, env_spec: EnvSpec) -> CausalLMPolicy:
         return cls(config, env_spec)  # the weights come with the model folder
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules FSDP2 shards one by one: the transformer blocks (the classes the Hugging Face model names
+        in `_no_split_modules`)."""
+        names = set(getattr(self.model, "_no_split_modules", None) or [])
+        return [m for m in self.model.modules() if type(m).__name__ in names]
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

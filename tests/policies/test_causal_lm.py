@@ -216,3 +216,29 @@ def test_errors_a_user_can_act_on(tmp_path):
         policy_for(vocab=VOCAB + 5)
     with pytest.raises(FileNotFoundError, match="not a Hugging Face model folder"):
         policy_for(pretrained=str(tmp_path))
+
+
+def test_fsdp2_sharded_evaluate_matches_and_units_are_the_decoder_layers(tmp_path):
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    torch.manual_seed(0)
+    policy = policy_for(value_head=True)
+    units = policy.fsdp_units()
+    assert [type(u).__name__ for u in units] == ["LlamaDecoderLayer"] * 2
+    out = policy.predict({"task_descriptions": PROMPTS})
+    expected = policy.evaluate(out.forward_inputs)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        for unit in units:
+            fully_shard(unit, mesh=mesh)
+        fully_shard(policy, mesh=mesh)
+        register_fsdp_forward_method(policy, "evaluate")
+        sharded = policy.evaluate(out.forward_inputs)
+        (sharded.logprobs.sum() + sharded.values.sum()).backward()
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(sharded.logprobs, expected.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sharded.values, expected.values, atol=1e-5, rtol=0)
