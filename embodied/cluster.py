@@ -10,6 +10,7 @@ cores.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,21 @@ from embodied.worker import MAX_CONCURRENCY, WorkerGroup, WorkerInfo
 log = logging.getLogger(__name__)
 
 
+def _floor4(x: float) -> float:
+    """Resource shares rounded down to Ray's precision, so that k shares of a slot never exceed it."""
+    return math.floor(x * 10_000) / 10_000
+
+
+def _use_token_auth_if_available() -> None:
+    """Ray 2.5x+ heads enable token authentication when a token exists (~/.ray/auth_token or RAY_AUTH_TOKEN),
+    but a driver joining by address does not turn it on by itself: do so, unless RAY_AUTH_MODE says otherwise."""
+    from pathlib import Path
+
+    has_token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()
+    if "RAY_AUTH_MODE" not in os.environ and has_token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 class ClusterError(RuntimeError):
     """Ray could not be started or joined, or could not place the workers."""
 
@@ -30,6 +46,8 @@ class Cluster:
     """Ray, the slots and the placement group; `spawn` starts a worker group. Use as a context manager."""
 
     def __init__(self, config: ClusterConfig, components: tuple[str, ...] = COMPONENTS) -> None:
+        if config.address is not None:
+            _use_token_auth_if_available()  # before Ray is imported: it reads the mode once
         import ray
 
         self.config = config
@@ -119,14 +137,14 @@ class Cluster:
             share = 1.0 / self.placement.workers_on(slot)
             info = self._info(component, rank, slot)
             options: dict[str, Any] = dict(
-                num_cpus=round(self.cpus_per_slot * share, 4),
+                num_cpus=_floor4(self.cpus_per_slot * share),
                 max_concurrency=MAX_CONCURRENCY,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self._placement_group, placement_group_bundle_index=slot
                 ),
             )
             if self.num_gpus:
-                options["num_gpus"] = round(share, 4)
+                options["num_gpus"] = _floor4(share)
             handles.append(remote_class.options(**options).remote(info, *args))
             infos.append(info)
         group = WorkerGroup(component, handles, infos)
@@ -135,9 +153,18 @@ class Cluster:
 
     def ready(self, groups: Sequence[WorkerGroup]) -> None:
         """Wait until the workers of `groups` have finished their constructors (raises their errors)."""
-        from embodied.worker import wait_all
+        from embodied.worker import WorkerError, wait_all
 
-        wait_all(*[g.call("process_info") for g in groups], timeout=self.config.startup_timeout_s)
+        try:
+            wait_all(*[g.call("process_info") for g in groups], timeout=self.config.startup_timeout_s)
+        except WorkerError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise ClusterError(
+                f"workers did not start within cluster.startup_timeout_s={self.config.startup_timeout_s:.0f}s "
+                f"({exc}); Ray could not place them on {self.placement.describe()} with "
+                f"{self.cpus_per_slot:g} CPU(s) per slot, or their set-up is stuck"
+            ) from None
 
     # -- teardown -----------------------------------------------------------------------------------------------
     def shutdown(self) -> None:

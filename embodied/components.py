@@ -4,7 +4,8 @@
 channels (env -> rollout: observations, rollout -> env: actions, rollout -> actor: trajectories), builds the
 policy once the env workers report the env's spec, and joins the actor ranks into one FSDP2 process group.
 Its methods hide the plumbing (fan-out, routing, versions, offloading) so the runner reads as the algorithm.
-An eval-only run (`with_actor=False`) starts env and rollout workers only and loads a checkpoint's weights.
+An eval-only run (a `Cluster` placing only env and rollout) starts no actor; `load_policy` then loads a
+checkpoint's weights into the rollout workers.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ def offload_when_idle(config: TrainConfig, cluster: Cluster) -> bool:
 class Components:
     """Env, rollout and actor worker groups on a `Cluster` (see the module docstring)."""
 
-    def __init__(self, cluster: Cluster, config: TrainConfig, with_actor: bool = True) -> None:
+    def __init__(self, cluster: Cluster, config: TrainConfig) -> None:
         self.cluster, self.config = cluster, config
         slots = cluster.placement.slots
+        with_actor = "actor" in slots
         self.plan: RolloutPlan = plan_rollout(
             config.env.num_envs,
             config.env.group_size,
@@ -94,10 +96,12 @@ class Components:
 
     # -- the steps of an iteration --------------------------------------------------------------------------------
     def rollout_epoch(self, reset_seed: int | None = None) -> dict[str, Any]:
-        """One rollout epoch on all envs; trajectories go to the actor workers. Returns the finished episodes,
-        env steps, and the env's simulation / the rollout's inference seconds (max over workers)."""
+        """One rollout epoch on all envs; trajectories go to the actor workers (without actors, e.g. in a
+        benchmark, nothing is recorded). Returns the finished episodes, env steps, and the env's simulation /
+        the rollout's inference seconds (max over workers)."""
         env_call = self.env.rollout_epoch(self.config.rollout.num_steps, reset_seed)
-        rollout_call = self.rollout.generate("train", self.version)
+        mode = "train" if self.actor is not None else "sample"
+        rollout_call = self.rollout.generate(mode, self.version if self.actor is not None else None)
         wait_all(env_call, rollout_call)
         env_results, rollout_results = env_call.wait(), rollout_call.wait()
         return {
@@ -152,6 +156,11 @@ class Components:
             if path.is_file():
                 self.rollout.call("set_rng_state", torch.load(path, weights_only=False), ranks=[rank]).wait()
         self.sync_weights()
+
+    def load_policy(self, directory: Path) -> None:
+        """Weights from a checkpoint's policy folder (config.json + model.safetensors) into the rollout
+        workers: evaluation of a trained policy without an actor."""
+        self.rollout.load_pretrained(str(directory)).wait()
 
     def worker_processes(self) -> dict[str, list[dict]]:
         """pid, cores and child pids of every worker, by group (for tests and diagnostics)."""

@@ -97,8 +97,9 @@ def load_config(config: str, overrides: Sequence[str] = ()) -> tuple[TrainConfig
         OmegaConf.update(composed, key, value, merge=False, force_add=True)
     tree = OmegaConf.to_container(composed, resolve=True)
     tree.pop("hydra", None)
-    if "run" in tree and isinstance(tree["run"], dict) and "name" not in tree["run"]:
-        tree["run"]["name"] = name
+    run = tree.setdefault("run", {})
+    if isinstance(run, dict):  # anything else fails validation below, with the key named
+        run.setdefault("name", name)
     typed = TrainConfig.from_dict(tree)
     return typed, typed.to_dict()
 

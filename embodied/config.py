@@ -84,6 +84,11 @@ class ActorConfig(Config):
     target_kl: float | None = param(
         0.1, help="stop the update epochs of an iteration once approx_kl exceeds this; null: never", gt=0
     )
+    bootstrap_on_termination: bool = param(
+        False,
+        help="bootstrap terminated episodes from their final observation's value, like truncated ones "
+        "(ManiSkill's PPO baseline: a success state keeps its value)",
+    )
     precision: Literal["fp32", "bf16"] = param(
         "fp32", help="training compute dtype: fp32 | bf16 (bf16 mixed precision, GPU only; slower on CPU)"
     )

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    from embodied.cluster import ClusterError
     from embodied.worker import WorkerError
 
     torch.manual_seed(config.run.seed)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except WorkerError as exc:
+    except (WorkerError, ClusterError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

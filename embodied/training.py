@@ -22,6 +22,9 @@ from embodied.trajectory import TrainBatch
 from policies.base import Policy
 
 CRITIC_METRICS = ("value_loss", "explained_variance", "value_mean", "return_mean", "value_clip_fraction")
+# loss terms aggregated over the whole mini-batch's denominators: micro-batch values add up; the other metrics
+# are micro-batch means, averaged by size
+ADDITIVE_METRICS = ("loss", "pg_loss", "value_loss", "entropy", "kl_loss")
 
 
 class Collectives:
@@ -61,6 +64,7 @@ def build_optimizer(policy: Policy, config: ActorConfig) -> torch.optim.Optimize
         betas=config.adam_betas,
         eps=config.adam_eps,
         weight_decay=config.weight_decay,
+        foreach=True,  # one kernel per group (the per-tensor default on CPU costs ~2x on small models)
     )
 
 
@@ -131,7 +135,7 @@ def minibatch_step(
         loss, metrics = compute_loss(_loss_inputs(part, evaluated), algorithm, denominators)
         loss.backward()
         for name, value in metrics.items():
-            sums[name] += float(value) * len(part) / size
+            sums[name] += float(value) * (1.0 if name in ADDITIVE_METRICS else len(part) / size)
     sums["approx_kl"] = comm.mean(sums["approx_kl"])
     if actor.target_kl is not None and sums["approx_kl"] > actor.target_kl:
         optimizer.zero_grad(set_to_none=True)

@@ -2,7 +2,7 @@
 
 - `EnvStep`: one message from an env worker to a rollout worker per chunk step of one pipeline stage: the
   observation to act on, and the outcome of the previous chunk (rewards, episode ends, which steps ran, the
-  final observation of truncated episodes for bootstrapping).
+  final observation of ended episodes for bootstrapping).
 - `Trajectory`: one rollout epoch of n consecutive envs, time first ([T, n, ...], values [T+1, n]), as
   ../shared/DESIGN.md defines it; `TrajectoryBuilder` fills one as the messages come in.
 - `TrainBatch`: the trajectory flattened to B = T * n samples with advantages and returns: what the actor's
@@ -40,9 +40,9 @@ class EnvStep:
     obs:            the observation to act on (after auto-reset), n envs.
     rewards, terminations, truncations, valid: [n, C] outcome of the previous chunk; None in the first
                     message of a rollout epoch. `valid` marks the env steps that ran.
-    final_obs:      the observations the truncated episodes ended in, one row per True entry of `truncated`
-                    (in order), or None when no episode was truncated in this chunk.
-    truncated:      bool [n]: the envs whose episode was truncated (not terminated) in this chunk.
+    final_obs:      the observations the ended episodes ended in, one row per True entry of `ended` (in
+                    order), or None when no episode ended in this chunk.
+    ended:          bool [n]: the envs whose episode ended (terminated or truncated) in this chunk.
     last:           no action is wanted: the epoch (or the evaluation) is over for this unit.
     """
 
@@ -52,7 +52,7 @@ class EnvStep:
     truncations: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     final_obs: Obs | None = None
-    truncated: torch.Tensor | None = None
+    ended: torch.Tensor | None = None
     last: bool = False
 
 
@@ -62,7 +62,7 @@ class Trajectory:
 
     rewards, terminations, truncations, valid: [T, n, C]; logprobs (per token) and logprob_mask: [T, n, C, ...];
     values: [T+1, n] (or [T+1, n, C]) with the value after the last chunk, None for critic-free policies;
-    final_values: [T, n], the critic's value of the observation a truncated episode ended in (0 elsewhere);
+    final_values: [T, n], the critic's value of the observation an episode ended in (0 elsewhere);
     forward_inputs: [T, n, ...] each; version: the weight version that collected it.
     """
 
@@ -169,7 +169,7 @@ class TrajectoryBuilder:
         self.outputs.append(to_cpu(output))
 
     def add_outcome(self, step: EnvStep, final_values: torch.Tensor | None) -> None:
-        """The env's result of the last chunk; `final_values` [n]: values of the truncated episodes' final
+        """The env's result of the last chunk; `final_values` [n]: values of the ended episodes' final
         observations (0 elsewhere), None for critic-free policies."""
         self.outcomes.append(step)
         if final_values is not None:
@@ -246,14 +246,19 @@ def build_train_batch(
     algorithm: AlgorithmConfig,
     group_size: int,
     ref_logprobs: torch.Tensor | None = None,
+    bootstrap_on_termination: bool = False,
 ) -> TrainBatch:
     """Advantages and returns of a trajectory (the configured estimator), flattened to training samples.
 
     `ref_logprobs` [T, n, C, ...]: the reference policy's log-probs of the taken actions (KL loss or
-    reinforce_pp's KL in the reward), or None.
+    reinforce_pp's KL in the reward), or None. `bootstrap_on_termination`: terminations count as
+    truncations (bootstrapped from the final observation's value).
     """
     kl_in_reward = ref_logprobs is not None and algorithm.kl_in_reward_coef > 0
     inputs = trajectory.advantage_inputs(group_size, ref_logprobs if kl_in_reward else None)
+    if bootstrap_on_termination:
+        inputs.truncations = inputs.truncations | inputs.terminations
+        inputs.terminations = torch.zeros_like(inputs.terminations)
     advantages, returns = compute_advantages(inputs, algorithm)
     step_mask = trajectory.valid
     if trajectory.logprob_mask is not None:

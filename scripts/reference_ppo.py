@@ -53,9 +53,9 @@ def collect(env, policy, obs, num_steps: int):
         done_before = torch.cumsum((terms | truncs).int(), 1) - (terms | truncs).int()
         step = EnvStep(obs, rewards, terms, truncs, valid=done_before == 0)
         final_values = torch.zeros(env.num_envs)
-        truncated = truncs.any(1) & ~terms.any(1)
-        if truncated.any():
-            rows = truncated.nonzero().flatten()
+        ended = infos["episode_done"]
+        if ended.any():
+            rows = ended.nonzero().flatten()
             final_obs = select_obs(infos["final_observation"], rows)
             final_values[rows] = policy.predict(final_obs).values.cpu()
         builder.add_outcome(step, final_values)

@@ -94,7 +94,9 @@ class ActorWorker(Worker):
             )
         self._onload()
         ref_logprobs = self._reference_logprobs(trajectory) if self.reference is not None else None
-        self.batch = build_train_batch(trajectory, self.algorithm, self.group_size, ref_logprobs)
+        self.batch = build_train_batch(
+            trajectory, self.algorithm, self.group_size, ref_logprobs, self.actor.bootstrap_on_termination
+        )
         valid = trajectory.valid
         return {
             "rollout/reward_mean": float(trajectory.rewards[valid].mean()) if valid.any() else 0.0,

@@ -92,10 +92,10 @@ class EnvWorker(Worker):
                 episodes.extend(_episodes(infos, done))
                 if not self.config.auto_reset:
                     self.running[k] &= ~done
-                truncated = truncs.any(1) & ~terms.any(1)
+                ended = infos["episode_done"]
                 final_obs = None
-                if truncated.any():
-                    final_obs = select_obs(infos["final_observation"], truncated.nonzero().flatten())
+                if ended.any():
+                    final_obs = select_obs(infos["final_observation"], ended.nonzero().flatten())
                 self.obs[k] = obs
                 self._send(
                     unit,
@@ -106,7 +106,7 @@ class EnvWorker(Worker):
                         truncs,
                         valid,
                         final_obs,
-                        truncated if final_obs is not None else None,
+                        ended if final_obs is not None else None,
                         last=t == num_steps - 1,
                     ),
                 )

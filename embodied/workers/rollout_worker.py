@@ -66,7 +66,9 @@ class RolloutWorker(Worker):
     # -- rollouts ---------------------------------------------------------------------------------------------
     def generate(self, mode: str, expected_version: int | None = None) -> dict:
         """Serve actions until every unit sent its last step. `mode`: train (sample, record, send the
-        trajectory to the actors) or eval (deterministic, nothing recorded)."""
+        trajectory to the actors), sample (sample, record nothing: benchmarks) or eval (deterministic)."""
+        if mode not in ("train", "sample", "eval"):
+            raise ValueError(f"generate mode must be train, sample or eval, not {mode!r}")
         if expected_version is not None and self.version != expected_version:
             raise RuntimeError(
                 f"rollout worker has weights v{self.version} but v{expected_version} were expected: a weight "
@@ -77,6 +79,7 @@ class RolloutWorker(Worker):
 
     def _serve(self, mode: str) -> dict:
         train = mode == "train"
+        predict_mode = "eval" if mode == "eval" else "train"
         builders = {i: TrajectoryBuilder(u.env_start, self.version) for i, u in self.units.items()}
         pending = list(self.units)
         infer_seconds, predictions = 0.0, 0
@@ -91,7 +94,7 @@ class RolloutWorker(Worker):
                 pending.remove(key)
                 continue
             start = time.perf_counter()
-            output = self.policy.predict(step.obs, mode=mode)
+            output = self.policy.predict(step.obs, mode=predict_mode)
             actions = output.actions.cpu()
             infer_seconds += time.perf_counter() - start
             predictions += 1
@@ -103,12 +106,13 @@ class RolloutWorker(Worker):
         return {"infer_seconds": infer_seconds, "predictions": predictions}
 
     def _final_values(self, step: EnvStep, builder: TrajectoryBuilder) -> torch.Tensor | None:
-        """[n]: the critic's values of the truncated episodes' final observations (0 elsewhere)."""
+        """[n]: the critic's values of the ended episodes' final observations (0 elsewhere); the advantage
+        estimator reads them where an episode was truncated (or, with bootstrap_on_termination, terminated)."""
         if builder.outputs[-1].values is None:
             return None
         values = torch.zeros(step.rewards.shape[0])
         if step.final_obs is not None:
-            rows = step.truncated.nonzero().flatten()
+            rows = step.ended.nonzero().flatten()
             values[rows] = self.policy.predict(step.final_obs, mode="train").values.cpu().float()
         return values
 

