@@ -242,8 +242,11 @@ def raw_libero(suite: str, task_id: int, image_size: int, shadows: bool):
         env.step(NO_OP_ACTION)
     actions = np.random.default_rng(0).uniform(-1, 1, size=(256, 7))
     state = {"t": 0}
+    # several scenes share this process, each with its own OpenGL context: render in this one's
+    gl_context = env.sim._render_context_offscreen.gl_ctx
 
     def step() -> int:
+        gl_context.make_current()
         env.step(actions[state["t"] % 256])
         state["t"] += 1
         return 1
