@@ -124,7 +124,7 @@ class Cluster:
         if not self.num_gpus and self.config.pin_cpus and hasattr(os, "sched_getaffinity"):
             cores = tuple(slot_cores(slot, self.placement.num_slots, sorted(os.sched_getaffinity(0))))
         threads = len(cores) if cores else max(1, int(self.cpus_per_slot))
-        return WorkerInfo(component, rank, len(slots), slot, cores, self.device, threads)
+        return WorkerInfo(component, rank, len(slots), slot, cores, self.device, threads, os.nice(0))
 
     def spawn(self, component: str, worker_class: type, *args: Any) -> WorkerGroup:
         """Start one `worker_class(info, *args)` actor per slot of `component`; returns when all are up."""

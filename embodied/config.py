@@ -152,6 +152,12 @@ class EvalConfig(Config):
     first_initial_state: int = param(
         1_000_000, help="the fixed initial states are ids first_initial_state + 0 .. num_episodes - 1", ge=0
     )
+    min_train_success: float | None = param(
+        None,
+        help="skip periodic evaluations while the training episodes' success_once is below this; null: never skip",
+        ge=0.0,
+        le=1.0,
+    )
     at_end: bool = param(True, help="also evaluate after the last iteration")
     video: bool = param(True, help="record eval videos (envs with image observations only)")
     video_envs: int = param(4, help="envs of the first round that are recorded (one grid video)", ge=1)

@@ -55,10 +55,12 @@ class Runner:
         logger: MetricLogger,
         counters: Counters,
         resumed: bool,
+        started: float,
     ) -> None:
         self.config, self.config_tree, self.run_dir = config, config_tree, Path(run_dir)
         self.workers, self.logger, self.counters = workers, logger, counters
         self.checkpointer = Checkpointer(self.run_dir, config.checkpoint.keep)
+        self.started = started  # time.monotonic() when the job began (start-up counts as wall time)
         self.progress = Progress(config.run.total_env_steps, config.logger.console, counters.env_steps)
         self.reset_seed = unit_seed(config.run.seed, counters.iteration) if resumed else None
         self.last_eval: dict[str, float] = {}
@@ -89,7 +91,7 @@ class Runner:
             c.env_steps += rollout["env_steps"]
             metrics |= episode_metrics(rollout["episodes"])
             metrics |= self._throughput(rollout, metrics, time.perf_counter() - start)
-            if self._due(config.eval.every_n_iterations):
+            if self._due(config.eval.every_n_iterations) and self._worth_evaluating(metrics):
                 with self.timed("eval", metrics):
                     metrics |= self.evaluate()
                 evaluated_at = c.iteration
@@ -110,6 +112,10 @@ class Runner:
     def _due(self, every: int) -> bool:
         return every > 0 and self.counters.iteration % every == 0
 
+    def _worth_evaluating(self, metrics: dict[str, float]) -> bool:
+        floor = self.config.eval.min_train_success
+        return floor is None or metrics.get("env/success_once", 0.0) >= floor
+
     def _throughput(self, rollout: dict, metrics: dict[str, float], seconds: float) -> dict[str, float]:
         return {
             "throughput/env_steps_per_s": rollout["env_steps"] / seconds,
@@ -122,7 +128,7 @@ class Runner:
     def _report(self, metrics: dict[str, float]) -> None:
         c = self.counters
         metrics["progress/iteration"] = float(c.iteration)
-        metrics["progress/wall_minutes"] = (c.wall_seconds + time.monotonic() - self.progress.started) / 60
+        metrics["progress/wall_minutes"] = (c.wall_seconds + time.monotonic() - self.started) / 60
         if c.iteration % self.config.run.log_every == 0 or "eval/success_once" in metrics:
             self.logger.log(metrics, step=c.env_steps)
             self.progress.update(c.iteration, c.env_steps, metrics)
@@ -142,7 +148,7 @@ class Runner:
         c = self.counters
         folder = self.checkpointer.begin(c.iteration)
         self.workers.save_checkpoint(folder)
-        wall = c.wall_seconds + time.monotonic() - self.progress.started
+        wall = c.wall_seconds + time.monotonic() - self.started
         counters = {"env_steps": c.env_steps, "wall_seconds": wall, "weight_version": self.workers.version}
         return self.checkpointer.commit(folder, c.iteration, counters, self.config_tree)
 

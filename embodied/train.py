@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 DEFAULT_CONFIG = "maniskill_ppo_pushcube"
@@ -23,40 +24,41 @@ def _split_args(argv: list[str]) -> tuple[str, list[str]]:
     return DEFAULT_CONFIG, argv
 
 
-def _run_dir(config, resume_target) -> Path:
+def _output_root(config) -> Path:
     from embodied.compose import REPO
 
-    if resume_target is not None:
-        return resume_target[0]
     root = Path(config.run.output_dir)
-    root = root if root.is_absolute() else REPO / root
-    return root / config.run.name / time.strftime("%Y%m%d-%H%M%S")
+    return root if root.is_absolute() else REPO / root
 
 
-def train(config, config_tree: dict) -> dict[str, float]:
-    """Run a whole training job for a validated config; returns the last evaluation's metrics."""
+def train(config, config_tree: dict, started: float | None = None) -> dict[str, float]:
+    """Run a whole training job for a validated config; returns the last evaluation's metrics. `started`
+    (time.monotonic()) is when the job began, for `progress/wall_minutes`; default: now."""
     import yaml
 
     from embodied.checkpoint import find_resume, read_counters, restore_driver_rng
     from embodied.cluster import Cluster
     from embodied.components import Components
-    from embodied.compose import REPO
     from embodied.logger import MetricLogger
     from embodied.runner import Counters, Runner
 
-    root = Path(config.run.output_dir)
-    root = root if root.is_absolute() else REPO / root
-    resume_target = find_resume(config.resume, root / config.run.name) if config.resume else None
-    run_dir = _run_dir(config, resume_target)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_tree, sort_keys=False))
-    print(f"run folder: {run_dir}", flush=True)
-    logger = MetricLogger(run_dir, config.logger, config_tree, config.run.name)
-    cluster = None
+    runs_of_name = _output_root(config) / config.run.name
+    resume_target = find_resume(config.resume, runs_of_name) if config.resume else None
+    run_dir = resume_target[0] if resume_target else runs_of_name / time.strftime("%Y%m%d-%H%M%S")
+    cluster = Cluster(config.cluster)  # first: a placement that does not fit fails before any file is written
+    logger = None
     try:
-        cluster = Cluster(config.cluster)
         print(cluster.describe(), flush=True)
-        workers = Components(cluster, config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_tree, sort_keys=False))
+        print(f"run folder: {run_dir}", flush=True)
+        # TensorBoard and W&B start (seconds) while the workers start
+        with ThreadPoolExecutor(1) as pool:
+            pending_logger = pool.submit(MetricLogger, run_dir, config.logger, config_tree, config.run.name)
+            try:
+                workers = Components(cluster, config)
+            finally:
+                logger = pending_logger.result()
         counters = Counters()
         if resume_target is not None:
             checkpoint = resume_target[1]
@@ -70,16 +72,24 @@ def train(config, config_tree: dict) -> dict[str, float]:
         else:
             workers.sync_weights()
         runner = Runner(
-            config, config_tree, run_dir, workers, logger, counters, resumed=resume_target is not None
+            config,
+            config_tree,
+            run_dir,
+            workers,
+            logger,
+            counters,
+            resumed=resume_target is not None,
+            started=time.monotonic() if started is None else started,
         )
         return runner.run()
     finally:
-        if cluster is not None:
-            cluster.shutdown()
-        logger.close()
+        cluster.shutdown()
+        if logger is not None:
+            logger.close()
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
         from embodied.compose import named_configs
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(config.run.seed)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
-        metrics = train(config, tree)
+        metrics = train(config, tree, started)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

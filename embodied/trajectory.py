@@ -18,6 +18,8 @@ import torch
 
 from algorithms.advantages import AdvantageInputs, compute_advantages
 from algorithms.config import AlgorithmConfig
+from algorithms.dapo import GroupFilter, filter_groups, shape_overlong_rewards
+from algorithms.group_advantages import outcome_scores
 from envs.base import Obs
 from policies.base import PolicyOutput
 
@@ -259,6 +261,8 @@ def build_train_batch(
     if bootstrap_on_termination:
         inputs.truncations = inputs.truncations | inputs.terminations
         inputs.terminations = torch.zeros_like(inputs.terminations)
+    if algorithm.overlong_max_length is not None:
+        inputs.rewards = overlong_shaped_rewards(trajectory, algorithm)
     advantages, returns = compute_advantages(inputs, algorithm)
     step_mask = trajectory.valid
     if trajectory.logprob_mask is not None:
@@ -278,3 +282,40 @@ def build_train_batch(
         old_values=flat(trajectory.values[:-1]) if has_critic else None,
         ref_logprobs=flat(ref_logprobs),
     )
+
+
+def tokens_per_step(trajectory: Trajectory) -> torch.Tensor:
+    """[T, n, C]: the valid log-prob entries of each chunk step (a causal LM's response tokens)."""
+    if trajectory.logprob_mask is None:
+        raise ValueError(
+            "token counts need a policy that marks its log-prob entries with a logprob_mask (causal_lm does)"
+        )
+    return trajectory.logprob_mask.flatten(3).sum(-1)
+
+
+def overlong_shaped_rewards(trajectory: Trajectory, algorithm: AlgorithmConfig) -> torch.Tensor:
+    """Rewards [T, n, C] plus DAPO's over-long penalty of each response's length (`algorithm.overlong_*`)."""
+    lengths = tokens_per_step(trajectory)
+    shaped = shape_overlong_rewards(trajectory.rewards, lengths, algorithm)
+    return torch.where(trajectory.valid, shaped, trajectory.rewards)
+
+
+def drop_uniform_groups(
+    batch: TrainBatch, trajectory: Trajectory, group_size: int
+) -> tuple[TrainBatch, GroupFilter]:
+    """DAPO's dynamic sampling (`algorithm.dynamic_sampling`), as a filter: the samples of the groups whose outcome
+    scores are all equal (all solved or all failed, so their group-relative advantages are 0) leave the batch, which
+    is not refilled. When every group is uniform the batch stays whole (its advantages are all 0)."""
+    kept = filter_groups(outcome_scores(trajectory.rewards, trajectory.valid), group_size)
+    if kept.num_kept == 0:
+        return batch, kept
+    keep = kept.keep[None].expand(trajectory.num_steps, -1).flatten()  # the [T, n] -> T * n flattening
+    return batch.select(keep.nonzero().flatten()), kept
+
+
+def token_metrics(trajectory: Trajectory) -> dict[str, float]:
+    """`rollout/response_length`: mean tokens per chunk step that ran (a causal LM's response length); {} for
+    policies without a logprob_mask."""
+    if trajectory.logprob_mask is None or not trajectory.valid.any():
+        return {}
+    return {"rollout/response_length": float(tokens_per_step(trajectory)[trajectory.valid].float().mean())}

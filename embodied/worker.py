@@ -40,6 +40,7 @@ class WorkerInfo:
     cores: tuple[int, ...] | None
     device: str  # "cpu" or "cuda"
     num_threads: int
+    niceness: int = 0  # the driver's; Ray starts workers at nice 15, which starves them on a busy machine
 
 
 @dataclass
@@ -67,6 +68,10 @@ class Worker:
         if info.cores is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, info.cores)
         torch.set_num_threads(max(1, info.num_threads))
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, info.niceness)
+        except (PermissionError, AttributeError):  # lowering niceness needs privileges; keep Ray's
+            pass
 
     # -- called by WorkerGroup ----------------------------------------------------------------------------------
     def _invoke(self, method: str, args: tuple, kwargs: dict) -> tuple[Any, Any]:

@@ -129,7 +129,9 @@ class GaussianPolicy(Policy):
         return EvaluateOutput(
             logprobs=dist.log_prob(inputs["actions"]),
             entropy=dist.entropy(),
-            values=self.value_head(features).squeeze(-1),
+            values=self.value_head(features)[
+                :, 0
+            ].clone(),  # not a view: FSDP2 hooks the outputs for backward
         )
 
 

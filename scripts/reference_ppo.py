@@ -3,7 +3,8 @@
 One process steps all envs one after the other, infers and trains, with the same policy, advantage, loss
 and update code as the runtime (`policies.gaussian`, `algorithms`, `embodied.training`). Defaults are
 ManiSkill's PPO baseline for PushCube-v1 as the issue quotes it: 8 envs, 200 steps per iteration, gamma 0.8,
-lambda 0.9, 8 update epochs, 4 minibatches, lr 3e-4, target KL 0.1.
+lambda 0.9, 8 update epochs, 4 minibatches, lr 3e-4, target KL 0.1, terminations bootstrapped from the final
+observation's value like truncations.
 
     python scripts/reference_ppo.py --task PushCube-v1 --minutes 6 --out runs/reference_pushcube.csv
 
@@ -38,6 +39,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=5, help="iterations between evaluations")
     p.add_argument("--eval-episodes", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--no-bootstrap-on-termination",
+        dest="bootstrap",
+        action="store_false",
+        help="do not bootstrap terminated episodes (ManiSkill's baseline does, and so does this by default)",
+    )
     p.add_argument("--out", default=None, help="CSV of (minutes, env_steps, success_once, return)")
     return p.parse_args()
 
@@ -95,7 +102,12 @@ def main() -> None:
         trajectory, obs, _ = collect(env, policy, obs, args.num_steps)
         steps += args.num_envs * args.num_steps
         ppo_update(
-            policy, optimizer, build_train_batch(trajectory, algorithm, 1), actor, algorithm, generator
+            policy,
+            optimizer,
+            build_train_batch(trajectory, algorithm, 1, bootstrap_on_termination=args.bootstrap),
+            actor,
+            algorithm,
+            generator,
         )
         iteration += 1
         if iteration % args.eval_every == 0:

@@ -21,7 +21,13 @@ from embodied.config import ActorConfig
 from embodied.devices import move_module, move_optimizer, release_cache
 from embodied.routing import RolloutPlan
 from embodied.training import Collectives, build_optimizer, ppo_update
-from embodied.trajectory import TrainBatch, Trajectory, build_train_batch
+from embodied.trajectory import (
+    TrainBatch,
+    Trajectory,
+    build_train_batch,
+    drop_uniform_groups,
+    token_metrics,
+)
 from embodied.worker import Worker, WorkerInfo
 from envs.base import EnvSpec
 from policies.base import Policy, PolicyConfig, make_policy
@@ -98,10 +104,12 @@ class ActorWorker(Worker):
             trajectory, self.algorithm, self.group_size, ref_logprobs, self.actor.bootstrap_on_termination
         )
         valid = trajectory.valid
-        return {
-            "rollout/reward_mean": float(trajectory.rewards[valid].mean()) if valid.any() else 0.0,
-            "rollout/advantage_std": float(self.batch.advantages.std()),
-        }
+        metrics = {"rollout/reward_mean": float(trajectory.rewards[valid].mean()) if valid.any() else 0.0}
+        if self.algorithm.dynamic_sampling:
+            self.batch, kept = drop_uniform_groups(self.batch, trajectory, self.group_size)
+            metrics |= {f"rollout/{k}": v for k, v in kept.metrics().items()}
+        metrics["rollout/advantage_std"] = float(self.batch.advantages.std())
+        return metrics | token_metrics(trajectory)
 
     @torch.no_grad()
     def _reference_logprobs(self, trajectory: Trajectory) -> torch.Tensor:

@@ -84,33 +84,27 @@ class EnvWorker(Worker):
             for k, unit in enumerate(self.units):
                 actions = self.from_rollout.get(unit.index)
                 start = time.perf_counter()
-                obs, rewards, terms, truncs, infos = self.envs[k].chunk_step(actions)
+                result = self.envs[k].chunk_step(actions)
                 sim_seconds += time.perf_counter() - start
-                valid = step_validity(terms, truncs, self.running[k])
-                env_steps += int(valid.sum())
-                done = infos["episode_done"].numpy()
-                episodes.extend(_episodes(infos, done))
-                if not self.config.auto_reset:
-                    self.running[k] &= ~done
-                ended = infos["episode_done"]
-                final_obs = None
-                if ended.any():
-                    final_obs = select_obs(infos["final_observation"], ended.nonzero().flatten())
-                self.obs[k] = obs
-                self._send(
-                    unit,
-                    EnvStep(
-                        obs,
-                        rewards,
-                        terms,
-                        truncs,
-                        valid,
-                        final_obs,
-                        ended if final_obs is not None else None,
-                        last=t == num_steps - 1,
-                    ),
-                )
+                step, finished = self._outcome(k, result, last=t == num_steps - 1)
+                self._send(unit, step)
+                episodes.extend(finished)
+                env_steps += int(step.valid.sum())
         return {"episodes": episodes, "env_steps": env_steps, "sim_seconds": sim_seconds}
+
+    def _outcome(self, k: int, result: tuple, last: bool) -> tuple[EnvStep, list[dict[str, float]]]:
+        """The `EnvStep` for unit k's rollout worker after a chunk, and the metrics of the episodes that ended."""
+        obs, rewards, terms, truncs, infos = result
+        valid = step_validity(terms, truncs, self.running[k])
+        ended = infos["episode_done"]
+        if not self.config.auto_reset:
+            self.running[k] &= ~ended.numpy()
+        final_obs = select_obs(infos["final_observation"], ended.nonzero().flatten()) if ended.any() else None
+        self.obs[k] = obs
+        step = EnvStep(
+            obs, rewards, terms, truncs, valid, final_obs, ended if final_obs is not None else None, last
+        )
+        return step, _episodes(infos, ended.numpy())
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     def evaluate(

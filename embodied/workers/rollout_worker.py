@@ -90,7 +90,7 @@ class RolloutWorker(Worker):
                 builder.add_outcome(step, self._final_values(step, builder))
             if step.last:
                 if train:
-                    builder.add_bootstrap(self.policy.predict(step.obs, mode="train").values)
+                    builder.add_bootstrap(self._bootstrap_values(step, builder))
                 pending.remove(key)
                 continue
             start = time.perf_counter()
@@ -104,6 +104,13 @@ class RolloutWorker(Worker):
         if train:
             self._send_trajectory(Trajectory.concat([b.build() for b in builders.values()]))
         return {"infer_seconds": infer_seconds, "predictions": predictions}
+
+    def _bootstrap_values(self, step: EnvStep, builder: TrajectoryBuilder) -> torch.Tensor | None:
+        """[n]: the critic's values after the last chunk; None, without running the policy, for critic-free
+        policies (for a language model, `predict` would generate whole responses just to drop them)."""
+        if builder.outputs and builder.outputs[-1].values is None:
+            return None
+        return self.policy.predict(step.obs, mode="train").values
 
     def _final_values(self, step: EnvStep, builder: TrajectoryBuilder) -> torch.Tensor | None:
         """[n]: the critic's values of the ended episodes' final observations (0 elsewhere); the advantage
