@@ -2,8 +2,8 @@
 
 On CPU the process group is gloo; on GPU it is NCCL for CUDA tensors with gloo beside it for CPU tensors
 (full state dicts are gathered with CPU offload). Each actor worker is one rank; Ray gives it its own GPU
-(or CPU cores). A policy may name submodules to shard as their own FSDP2 units (e.g. transformer layers)
-with a method `fsdp_units() -> list[nn.Module]`; the policy itself is always the root unit, and its
+(or CPU cores). The policy names submodules to shard as their own FSDP2 units (`Policy.fsdp_units`, e.g.
+transformer layers); the policy itself is always the root unit, and its
 `evaluate` method runs under FSDP2's hooks like `forward` does.
 """
 
@@ -44,8 +44,7 @@ def shard(policy: Policy, device: str, precision: str, reshard_after_forward: bo
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if precision == "bf16":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    units = policy.fsdp_units() if hasattr(policy, "fsdp_units") else []
-    for unit in units:
+    for unit in policy.fsdp_units():
         fully_shard(unit, **kwargs)
     fully_shard(policy, **kwargs)
     register_fsdp_forward_method(policy, "evaluate")

@@ -102,6 +102,11 @@ class Policy(nn.Module, abc.ABC):
                 (value if name.startswith("value_head.") else policy).append(p)
         return {"policy": policy, "value": value}
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """Submodules that FSDP2 shards as units of their own (e.g. each transformer layer), so that only one
+        unit's full weights are gathered at a time; the policy itself is always the outer unit."""
+        return []
+
     # -- Hugging Face layout --------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write config.json and model.safetensors, atomically (a crash leaves the old files intact)."""
