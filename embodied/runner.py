@@ -117,13 +117,18 @@ class Runner:
         return floor is None or metrics.get("env/success_once", 0.0) >= floor
 
     def _throughput(self, rollout: dict, metrics: dict[str, float], seconds: float) -> dict[str, float]:
-        return {
+        out = {
             "throughput/env_steps_per_s": rollout["env_steps"] / seconds,
             "throughput/rollout_env_steps_per_s": rollout["env_steps"] / metrics["time/rollout"],
             "time/env/simulate": rollout["sim_seconds"],
             "time/rollout/infer": rollout["infer_seconds"],
             "time/iteration": seconds,
         }
+        if "rollout/response_length" in metrics:  # policies that count their tokens (causal LMs)
+            tokens = metrics["rollout/response_length"] * rollout["env_steps"]
+            out["throughput/tokens_per_s"] = tokens / seconds
+            out["throughput/rollout_tokens_per_s"] = tokens / metrics["time/rollout"]
+        return out
 
     def _report(self, metrics: dict[str, float]) -> None:
         c = self.counters

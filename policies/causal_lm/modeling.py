@@ -10,11 +10,14 @@ these log-probs (as in verl and OpenRLHF).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from policies.causal_lm.config import CausalLMConfig
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -25,12 +28,17 @@ def build_model(config: CausalLMConfig):
     return build_scratch_model(config)
 
 
-def load_pretrained(directory: str, dtype: torch.dtype):
-    from pathlib import Path
+def model_dir(directory: str) -> Path:
+    """`directory` as given when it exists, else relative to the repository root (as configs write paths)."""
+    path = Path(directory).expanduser()
+    return path if path.is_absolute() or path.exists() else REPO_ROOT / path
 
+
+def load_pretrained(directory: str, dtype: torch.dtype):
+    """Model and tokenizer of a Hugging Face folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(directory).expanduser()
+    path = model_dir(directory)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"policy.pretrained={directory!r} is not a Hugging Face model folder (no config.json); point it at a "

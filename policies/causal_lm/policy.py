@@ -24,7 +24,7 @@ from torch import nn
 from envs.base import EnvSpec, Obs
 from policies.base import EvaluateOutput, Policy, PolicyOutput, register_policy
 from policies.causal_lm.config import CausalLMConfig
-from policies.causal_lm.modeling import build_model, response_mask, token_logprobs
+from policies.causal_lm.modeling import build_model, model_dir, response_mask, token_logprobs
 from policies.causal_lm.processing import PromptEncoder, pad_token_id, trim_left_padding
 from policies.causal_lm.sampling import LogprobRecorder, clean_generation_config, eos_token_ids
 
@@ -55,8 +55,8 @@ class CausalLMPolicy(Policy):
         if self.value_head is not None:
             nn.init.zeros_(self.value_head.weight)
             nn.init.zeros_(self.value_head.bias)
-            if config.pretrained and (Path(config.pretrained) / VALUE_HEAD_FILE).is_file():
-                self._load_value_head(Path(config.pretrained))
+            if config.pretrained and (model_dir(config.pretrained) / VALUE_HEAD_FILE).is_file():
+                self._load_value_head(model_dir(config.pretrained))
 
     def _check_vocabulary(self, env_spec: EnvSpec) -> None:
         vocab = len(self.tokenizer)
