@@ -8,7 +8,8 @@ MATH_CONFIGS = [name for name in named_configs() if name.startswith("math_")]
 
 
 def test_the_math_configs_exist():
-    assert {"math_grpo", "math_ppo", "math_reinforce_pp", "math_grpo_qwen2_5_math_1_5b"} <= set(MATH_CONFIGS)
+    expected = {"math_grpo", "math_dapo", "math_ppo", "math_reinforce_pp", "math_grpo_qwen2_5_math_1_5b"}
+    assert expected <= set(MATH_CONFIGS)
 
 
 @pytest.mark.parametrize("name", MATH_CONFIGS)
