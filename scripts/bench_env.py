@@ -130,10 +130,10 @@ def bench_maniskill(args) -> list[str]:
     for mode in args.modes:
         n = args.num_envs if mode == "state" else args.rgb_num_envs
         seconds = args.seconds if mode == "state" else args.seconds * 2
-        rates = measure(maniskill_makers(args, mode, n), seconds, args.rounds)
-        lines += report(
-            f"maniskill {args.task} {mode} {args.control_mode} chunk={args.chunk}", rates, n, args, mode
-        )
+        rounds = args.rounds if mode == "state" else max(3, args.rounds // 2)
+        samples = measure(maniskill_makers(args, mode, n), seconds, rounds)
+        title = f"maniskill {args.task} {mode} {args.control_mode} chunk={args.chunk}"
+        lines += report(title, samples, n, args, mode)
     return lines
 
 
