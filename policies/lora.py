@@ -141,6 +141,32 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def fold_lora(state: dict[str, torch.Tensor], config: LoraConfig) -> dict[str, torch.Tensor]:
+    """A state dict saved from a LoRA model (peft names), under the plain names with the adapters folded in:
+    `X.base_layer.weight + (alpha / rank) * X.lora_B.default.weight @ X.lora_A.default.weight` becomes
+    `X.weight`. `config` is the LoRA config the state was trained with. A state without LoRA is returned as is.
+    """
+    if not any(".lora_" in k for k in state):
+        return state
+    scaling = config.alpha / config.rank
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if ".lora_" in key:
+            continue
+        module_name, _, leaf = key.rpartition(".")
+        if module_name.endswith(".base_layer"):
+            owner = module_name[: -len(".base_layer")]
+            a, b = (
+                state.get(f"{owner}.lora_A.{ADAPTER}.weight"),
+                state.get(f"{owner}.lora_B.{ADAPTER}.weight"),
+            )
+            if leaf == "weight" and a is not None and b is not None:
+                value = value + (scaling * (b.float() @ a.float())).to(value.dtype)
+            key = f"{owner}.{leaf}"
+        out[key] = value
+    return out
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the trainable parameters (LoRA matrices and always-trained modules): what a weight sync sends."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}

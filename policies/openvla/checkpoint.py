@@ -1,8 +1,13 @@
-"""Reading and writing weights in the Hugging Face layout of the released checkpoints.
+"""Which architecture a checkpoint describes, and reading and writing its weights.
 
-The released `openvla/openvla-7b` stores bf16 weights in shards (`model-0000K-of-0000N.safetensors`) listed by
-`model.safetensors.index.json`; small checkpoints are one `model.safetensors`. Both are read; writing shards
-when the weights exceed `max_shard_bytes`.
+Three kinds of folders hold OpenVLA weights:
+- the released `openvla/openvla-7b` layout: config.json with OpenVLA's fields, bf16 weights in shards
+  (`model-0000K-of-0000N.safetensors`) listed by `model.safetensors.index.json` (small ones: one
+  `model.safetensors`), tokenizer and preprocessor files;
+- `save_pretrained` of this suite: the same layout, plus this suite's `policy` and `env_spec` in config.json;
+- a runtime checkpoint's `policy/` folder (`policies.base.write_pretrained`, from FSDP shards): config.json holds
+  only `policy` and `env_spec`, the weights carry the policy's own parameter names. Its architecture is that of
+  the checkpoint it was trained from (`policy.pretrained`), or the one built from scratch for its env spec.
 """
 
 from __future__ import annotations
@@ -13,7 +18,16 @@ from pathlib import Path
 
 import torch
 
-from policies.base import WEIGHTS_NAME, _atomic_write
+from envs.base import EnvSpec
+from policies.base import CONFIG_NAME, WEIGHTS_NAME, PolicyConfig, _atomic_write, read_saved_config
+from policies.lora import LoraConfig
+from policies.openvla.configuration_openvla import (
+    OpenVLACheckpointConfig,
+    OpenVLAConfig,
+    openvla_7b_checkpoint_config,
+    tiny_checkpoint_config,
+)
+from policies.openvla.processing_openvla import ByteTokenizer
 
 INDEX_NAME = "model.safetensors.index.json"
 # Files next to the weights that describe how to use them; copied when a loaded checkpoint is saved again.
@@ -21,6 +35,64 @@ AUX_FILES = (
     "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer.model",
     "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "dataset_statistics.json",
 )  # fmt: skip
+
+DEFAULT_IMAGE_SIZE = {"tiny": 56, "openvla-7b": 224}
+
+
+def fresh_checkpoint_config(config: OpenVLAConfig, env_spec: EnvSpec) -> OpenVLACheckpointConfig:
+    """The checkpoint config of a model built from scratch for `env_spec`: its action bounds are the norm stats."""
+    stats = {"action": {"q01": list(env_spec.action_low), "q99": list(env_spec.action_high),
+                        "mask": [True] * env_spec.action_dim}}  # fmt: skip
+    size = config.image_size or DEFAULT_IMAGE_SIZE[config.architecture]
+    if config.architecture == "openvla-7b":
+        return openvla_7b_checkpoint_config(size, {"env": stats})
+    text_vocab = ByteTokenizer.vocab_size + 256  # bytes, then the 256 action tokens
+    return tiny_checkpoint_config(
+        size, vocab_size=text_vocab + 64, pad_token_id=text_vocab, norm_stats={"env": stats}
+    )
+
+
+def resolve_architecture(
+    config: OpenVLAConfig, env_spec: EnvSpec
+) -> tuple[OpenVLACheckpointConfig, str | None]:
+    """(the checkpoint config of the model `config` describes, the folder of the OpenVLA checkpoint it comes from
+    or None for a model built from scratch). The folder also provides the tokenizer and image statistics."""
+    if not config.pretrained:
+        return fresh_checkpoint_config(config, env_spec), None
+    return _architecture_of(Path(config.pretrained), [])
+
+
+def _architecture_of(directory: Path, seen: list[str]) -> tuple[OpenVLACheckpointConfig, str | None]:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} has no {CONFIG_NAME}; point policy.pretrained at an OpenVLA checkpoint"
+        )
+    meta = json.loads(path.read_text())
+    if "text_config" in meta:
+        return OpenVLACheckpointConfig.from_dict(meta), str(directory)
+    if "policy" not in meta:
+        raise ValueError(f"{path} describes neither an OpenVLA checkpoint nor a checkpoint of this suite")
+    saved_dict, saved_spec = read_saved_config(directory)
+    saved = PolicyConfig.from_dict(saved_dict, path=f"{path}: policy")
+    if not isinstance(saved, OpenVLAConfig):
+        raise ValueError(f"{directory} holds a {saved.name!r} policy, not an OpenVLA one")
+    if not saved.pretrained:
+        return fresh_checkpoint_config(saved, saved_spec), None
+    if saved.pretrained in seen or not Path(saved.pretrained, CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"{directory} was trained from {saved.pretrained}, whose config.json describes the architecture and "
+            "tokenizer, but it is not there; copy that checkpoint back to that path"
+        )
+    return _architecture_of(Path(saved.pretrained), [*seen, str(directory)])
+
+
+def saved_lora_config(directory: str | Path, default: LoraConfig) -> LoraConfig:
+    """The LoRA config a runtime checkpoint was trained with (from its config.json), else `default`."""
+    meta = json.loads((Path(directory) / CONFIG_NAME).read_text())
+    if "policy" not in meta or "lora" not in meta["policy"]:
+        return default
+    return LoraConfig.from_dict(meta["policy"]["lora"], path="policy.lora")
 
 
 def weight_files(directory: str | Path) -> list[Path]:

@@ -216,6 +216,11 @@ class OpenVLAConfig(PolicyConfig):
     attn_implementation: Literal["sdpa", "eager"] = param(
         "sdpa", help="attention kernel of the language model"
     )
+    max_prompt_length: int = param(
+        128,
+        help="prompt tokens per row (left-padded; fixed so rollout steps stack); longer prompts are refused",
+        ge=2,
+    )
     tokenizer: str = param(
         "auto",
         help="auto: the checkpoint's tokenizer if it has one, else builtin; builtin; or a tokenizer path",

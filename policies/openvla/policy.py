@@ -32,19 +32,24 @@ from policies.base import (
     load_state_dict_strict,
     register_policy,
 )
-from policies.lora import apply_lora, has_lora, merged_state_dict, set_gradient_checkpointing
-from policies.openvla.checkpoint import copy_aux_files, read_state_dict, write_state_dict
+from policies.lora import apply_lora, fold_lora, has_lora, merged_state_dict, set_gradient_checkpointing
+from policies.openvla.checkpoint import (
+    copy_aux_files,
+    read_state_dict,
+    resolve_architecture,
+    saved_lora_config,
+    write_state_dict,
+)
 from policies.openvla.configuration_openvla import (
     OpenVLACheckpointConfig,
     OpenVLAConfig,
-    openvla_7b_checkpoint_config,
-    tiny_checkpoint_config,
 )
 from policies.openvla.modeling_openvla import OpenVLAModel, ValueHead, new_cache, positions_from_mask
 from policies.openvla.processing_openvla import (
     ActionBins,
     ByteTokenizer,
     OpenVLAProcessor,
+    PromptEncoder,
     image_transform_for,
     load_tokenizer,
 )
@@ -52,20 +57,6 @@ from policies.openvla.sampling import action_log_probs, entropy, gather_log_prob
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MAX_SHARD_BYTES = 5 * 2**30
-DEFAULT_IMAGE_SIZE = {"tiny": 56, "openvla-7b": 224}
-
-
-def fresh_checkpoint_config(config: OpenVLAConfig, env_spec: EnvSpec) -> OpenVLACheckpointConfig:
-    """The checkpoint config of a model built from scratch for `env_spec`: its action bounds are the norm stats."""
-    stats = {"action": {"q01": list(env_spec.action_low), "q99": list(env_spec.action_high),
-                        "mask": [True] * env_spec.action_dim}}  # fmt: skip
-    size = config.image_size or DEFAULT_IMAGE_SIZE[config.architecture]
-    if config.architecture == "openvla-7b":
-        return openvla_7b_checkpoint_config(size, {"env": stats})
-    text_vocab = ByteTokenizer.vocab_size + 256  # bytes, then the 256 action tokens
-    return tiny_checkpoint_config(
-        size, vocab_size=text_vocab + 64, pad_token_id=text_vocab, norm_stats={"env": stats}
-    )
 
 
 class OpenVLAPolicyBase(Policy):
@@ -74,16 +65,12 @@ class OpenVLAPolicyBase(Policy):
     config_class: ClassVar[type[OpenVLAConfig]] = OpenVLAConfig
     attention_is_causal: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        config: OpenVLAConfig,
-        env_spec: EnvSpec,
-        checkpoint_config: OpenVLACheckpointConfig | None = None,
-        device: str | None = None,
-    ) -> None:
+    def __init__(self, config: OpenVLAConfig, env_spec: EnvSpec, meta_device: bool = False) -> None:
+        """Build the network `config` describes (from `config.pretrained`'s config.json when set) with random
+        weights; `meta_device=True` allocates none (`from_config` then assigns the checkpoint's)."""
         super().__init__(config, env_spec)
-        ckpt = checkpoint_config or fresh_checkpoint_config(config, env_spec)
-        with torch.device(device) if device else contextlib.nullcontext():
+        ckpt, self.source_dir = resolve_architecture(config, env_spec)
+        with torch.device("meta") if meta_device else contextlib.nullcontext():
             self.model = OpenVLAModel(ckpt, config.attn_implementation)
         self.num_chunks, self.action_dim = config.num_action_chunks, env_spec.action_dim
         self.num_tokens = self.num_chunks * self.action_dim
@@ -97,12 +84,12 @@ class OpenVLAPolicyBase(Policy):
             else None
         )
         self.processor = self._build_processor(ckpt)
-        if device is None:
+        if not meta_device:
             self._finish_setup()
 
     def _build_processor(self, ckpt: OpenVLACheckpointConfig) -> OpenVLAProcessor:
         config = self.config
-        tokenizer = load_tokenizer(config.tokenizer, config.pretrained)
+        tokenizer = load_tokenizer(config.tokenizer, self.source_dir)
         if isinstance(tokenizer, ByteTokenizer) and tokenizer.vocab_size > self.action_start:
             raise ValueError(f"the built-in tokenizer's {tokenizer.vocab_size} ids overlap the action tokens from "
                              f"{self.action_start}; this checkpoint needs its own tokenizer (policy.tokenizer)")  # fmt: skip
@@ -113,9 +100,10 @@ class OpenVLAPolicyBase(Policy):
                 f"{self.action_dim}; pick the matching unnorm_key or an env with that action_dim"
             )
         num_towers = 2 if ckpt.use_fused_vision_backbone else 1
-        images = image_transform_for(ckpt.timm_model_ids[:num_towers], ckpt.image_sizes[0], config.pretrained)
+        images = image_transform_for(ckpt.timm_model_ids[:num_towers], ckpt.image_sizes[0], self.source_dir)
         bins = ActionBins(ckpt.n_action_bins, stats["q01"], stats["q99"], stats["mask"])
-        return OpenVLAProcessor(tokenizer, ckpt.pad_token_id, images, bins)
+        prompts = PromptEncoder(tokenizer, ckpt.pad_token_id, config.max_prompt_length)
+        return OpenVLAProcessor(prompts, images, bins)
 
     def _finish_setup(self) -> None:
         """Weight dtype, LoRA and gradient checkpointing, once the weights are final."""
@@ -127,41 +115,52 @@ class OpenVLAPolicyBase(Policy):
     # -- released layout ------------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: OpenVLAConfig, env_spec: EnvSpec) -> OpenVLAPolicyBase:
-        """Build the policy; with `config.pretrained`, the architecture and weights come from that checkpoint
-        (the released openvla/openvla-7b layout: config.json + safetensors, sharded or not)."""
+        """Build the policy; with `config.pretrained`, architecture and weights come from that checkpoint: the
+        released openvla/openvla-7b layout (config.json + safetensors, sharded or not), a folder written by
+        `save_pretrained`, or a runtime checkpoint's `policy/` folder."""
         if not config.pretrained:
             return cls(config, env_spec)
-        ckpt = OpenVLACheckpointConfig.from_pretrained(config.pretrained)
-        policy = cls(
-            config, env_spec, ckpt, device="meta"
-        )  # no memory or init time for weights about to load
+        policy = cls(config, env_spec, meta_device=True)  # no memory or init time for weights about to load
         policy.load_weights(config.pretrained)
         policy._finish_setup()
         return policy
 
     def load_weights(self, directory) -> None:
-        """Load a checkpoint strictly (the value head may be absent: released checkpoints have none)."""
-        if has_lora(self):
-            raise RuntimeError(
-                "load_weights must run before LoRA is applied; build the policy with from_config"
-            )
+        """Load a checkpoint strictly; the value head may be absent (released checkpoints have none).
+
+        Released and `save_pretrained` checkpoints name tensors as the released model does; runtime checkpoints
+        (`policies.base.write_pretrained`) use this policy's own names, with LoRA adapters when it had them.
+        Those load as they are into a policy with the same LoRA config, or folded into plain weights before LoRA.
+        """
+        source = str(directory)
         state = read_state_dict(directory, DTYPES[self.config.dtype])
-        value_state = {
-            k.removeprefix("value_head."): v for k, v in state.items() if k.startswith("value_head.")
-        }
+        runtime_layout = any(k.startswith("model.") for k in state)
+        if has_lora(self):
+            if not runtime_layout:
+                raise RuntimeError(f"{source}: a released-layout checkpoint loads before LoRA is applied; set "
+                                   "policy.pretrained and build the policy with make_policy")  # fmt: skip
+            load_state_dict_strict(self, state, source=source)
+            return
+        if runtime_layout:
+            state = fold_lora(state, saved_lora_config(directory, self.config.lora))
+            state = {k.removeprefix("model."): v for k, v in state.items()}
+        value_state = {k: v for k, v in state.items() if k.startswith("value_head.")}
         model_state = {k: v for k, v in state.items() if not k.startswith("value_head.")}
-        load_state_dict_strict(self.model, model_state, source=str(directory), assign=True)
+        load_state_dict_strict(self.model, model_state, source=source, assign=True)
         if self.value_head is not None and value_state:
-            named = {f"value_head.{k}": v for k, v in value_state.items()}  # errors name the full parameter
-            load_state_dict_strict(
-                nn.ModuleDict({"value_head": self.value_head}), named, source=str(directory)
-            )
+            load_state_dict_strict(nn.ModuleDict({"value_head": self.value_head}), value_state, source=source)
         rotary = self.model.language_model.model.rotary_emb
         if rotary.inv_freq.is_meta:  # a non-persistent buffer: not in checkpoints, recomputed
             self.model.language_model.model.rotary_emb = type(rotary)(config=self.model.language_model.config)
         left = [n for n, t in [*self.model.named_parameters(), *self.model.named_buffers()] if t.is_meta]
         if left:
-            raise RuntimeError(f"{directory}: tensors not initialised by the checkpoint: {left[:5]}")
+            raise RuntimeError(f"{source}: tensors not initialised by the checkpoint: {left[:5]}")
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The transformer blocks, each its own FSDP2 unit (the runtime shards them, then the policy)."""
+        towers = [self.model.vision_backbone.featurizer, self.model.vision_backbone.fused_featurizer]
+        blocks = [block for tower in towers if tower is not None for block in tower.blocks]
+        return [*blocks, *self.model.language_model.model.layers]
 
     def save_pretrained(self, directory) -> None:
         """config.json (the released fields + this suite's policy config and env spec) and the weights under the
@@ -178,7 +177,7 @@ class OpenVLAPolicyBase(Policy):
             "env_spec": dataclasses.asdict(self.env_spec),
         }
         _atomic_write(Path(directory) / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2)))
-        copy_aux_files(self.config.pretrained, directory)
+        copy_aux_files(self.source_dir, directory)
 
     # -- the action distribution ----------------------------------------------------------------------------
     @property
@@ -238,10 +237,12 @@ class OpenVLAPolicyBase(Policy):
         window = self.score_window(inputs, self.continuation(bins))
         log_probs = self.action_log_probs(window)
         shape = (bins.shape[0], self.num_chunks, self.action_dim)
+        values = self.values(window[:, 0])
+        # Fresh tensors, not views: FSDP2 hooks the outputs for backward, and views of them are fragile.
         return EvaluateOutput(
-            logprobs=gather_log_probs(log_probs, bins).reshape(shape),
-            entropy=entropy(log_probs).reshape(shape),
-            values=self.values(window[:, 0]),
+            logprobs=gather_log_probs(log_probs, bins).reshape(shape).clone(),
+            entropy=entropy(log_probs).reshape(shape).clone(),
+            values=values.clone() if values is not None else None,
         )
 
 

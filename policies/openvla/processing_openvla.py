@@ -92,16 +92,26 @@ def load_tokenizer(spec: str, checkpoint_dir: str | None) -> PromptTokenizer:
 
 
 class PromptEncoder:
-    """Instructions -> left-padded prompt ids `[BOS, pads, text]` and their attention mask (cached per text)."""
+    """Instructions -> prompt ids `[BOS, pads, text]` left-padded to `length`, and their attention mask.
 
-    def __init__(self, tokenizer: PromptTokenizer, pad_token_id: int) -> None:
+    The length is fixed so that the inputs of successive rollout steps stack into one trajectory tensor.
+    """
+
+    def __init__(self, tokenizer: PromptTokenizer, pad_token_id: int, length: int) -> None:
         self.tokenizer = tokenizer
         self.pad_token_id = pad_token_id
+        self.length = length
         self._encode = lru_cache(maxsize=4096)(lambda text: tuple(tokenizer.encode(openvla_prompt(text))))
 
     def __call__(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self._encode(text) for text in instructions]
-        length = max(len(r) for r in rows)
+        length = self.length
+        longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+        if len(rows[longest]) > length:
+            raise ValueError(
+                f"the prompt of {instructions[longest]!r} has {len(rows[longest])} tokens, more than "
+                f"policy.max_prompt_length={length}; raise it"
+            )
         ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
@@ -183,13 +193,12 @@ class OpenVLAProcessor:
 
     def __init__(
         self,
-        tokenizer: PromptTokenizer,
-        pad_token_id: int,
+        prompts: PromptEncoder,
         images: ImageTransform,
         bins: ActionBins,
     ) -> None:
-        self.tokenizer = tokenizer
-        self.prompts = PromptEncoder(tokenizer, pad_token_id)
+        self.tokenizer = prompts.tokenizer
+        self.prompts = prompts
         self.images = images
         self.bins = bins
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from openvla_common import one_thread  # noqa: F401
 from torch import nn
 
 from algorithms.schema import ConfigError
@@ -105,3 +106,18 @@ def test_gradient_checkpointing_keeps_gradients_identical():
         model(ids).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_fold_lora_of_a_saved_state_equals_the_merged_weights():
+    from policies.lora import fold_lora
+
+    config = LoraConfig(rank=4, alpha=8)
+    model = apply_lora(TinyLM(), config)
+    for _ in range(2):
+        _train_step(model)
+    folded = fold_lora(model.state_dict(), config)
+    merged = merged_state_dict(model)
+    assert folded.keys() == merged.keys()
+    assert all(torch.allclose(folded[k], merged[k], atol=1e-6) for k in merged)
+    plain = TinyLM().state_dict()
+    assert fold_lora(plain, config) is plain

@@ -41,6 +41,7 @@ def test_rollout_logprobs_match_evaluate(name, settings, mode):
     values_shape = (n, c) if settings.get("value_granularity") == "step" else (n,)
     assert out.values.shape == values_shape
     assert out.forward_inputs["action_tokens"].shape == (n, c, a)
+    assert out.forward_inputs["input_ids"].shape == (n, policy.config.max_prompt_length)  # stacks over steps
 
     again: EvaluateOutput = policy.evaluate(out.forward_inputs)
     ratio = torch.exp(again.logprobs - out.logprobs)
@@ -233,3 +234,64 @@ def test_oft_causal_and_bidirectional_attention_differ_only_in_the_mask():
     causal_out = causal.predict(obs, "eval")
     again = causal.evaluate(causal_out.forward_inputs)
     assert torch.allclose(again.logprobs, causal_out.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_runtime_checkpoints_load_for_evaluation_and_as_pretrained(lora, tmp_path):
+    """The runtime writes the actor's gathered state dict with `write_pretrained` (the policy's own parameter
+    names, LoRA included); eval-only rollout workers call `load_weights` on a policy built from the same config,
+    and `policy.pretrained` may point at such a folder."""
+    from policies.base import write_pretrained
+
+    policy = tiny_policy("openvla_oft", lora={"rank": lora, "target_modules": ["all-linear"]})
+    _randomize_value_head(policy)
+    if lora:
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)  # adapters that changed the function
+    write_pretrained(tmp_path, policy.config, env_spec(), policy.state_dict())
+    obs = observations(3)
+    expected = policy.predict(obs, mode="eval")
+
+    same = tiny_policy("openvla_oft", seed=9, lora={"rank": lora, "target_modules": ["all-linear"]})
+    same.load_weights(tmp_path)  # what an eval-only rollout worker does
+    assert torch.equal(
+        same.predict(obs, "eval").forward_inputs["action_tokens"], expected.forward_inputs["action_tokens"]
+    )
+
+    continued = make_policy(policy.config.replace(pretrained=str(tmp_path)), env_spec())
+    again = continued.evaluate(expected.forward_inputs)
+    assert torch.allclose(again.logprobs, expected.logprobs, atol=1e-5)
+    assert torch.allclose(again.values, expected.values, atol=1e-5)
+
+
+def _fsdp_rank(rank: int, world: int, port: int) -> None:
+    from embodied import fsdp
+
+    torch.set_num_threads(1)
+    fsdp.init_process_group("127.0.0.1", port, rank, world, "cpu")
+    reference = tiny_policy("openvla_oft", lora={"rank": 4})
+    sharded = fsdp.shard(tiny_policy("openvla_oft", lora={"rank": 4}), "cpu", "fp32", True)
+    out = reference.predict(observations(4))
+    ev = sharded.evaluate(out.forward_inputs)
+    assert torch.allclose(ev.logprobs, reference.evaluate(out.forward_inputs).logprobs, atol=1e-5)
+    (ev.logprobs.sum() + ev.values.sum()).backward()
+    state = fsdp.full_state_dict(sharded)
+    if rank == 0:
+        own = reference.state_dict()
+        assert state.keys() == own.keys() and all(torch.equal(state[k], own[k]) for k in own)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import torch and transformers: ~40 s on a loaded 2-core machine
+def test_fsdp2_shards_the_transformer_blocks_and_gathers_the_full_state():
+    pytest.importorskip("ray")  # embodied's FSDP helpers live with the runtime
+    import torch.multiprocessing as mp
+
+    from embodied.fsdp import free_port
+
+    policy = tiny_policy("openvla_oft")
+    units = policy.fsdp_units()
+    assert len(units) == 3 + 3 + 2  # DINOv2 and SigLIP blocks, Llama layers
+    mp.spawn(_fsdp_rank, args=(2, free_port()), nprocs=2)

@@ -32,8 +32,8 @@ def test_prompt_is_openvlas_with_the_instruction_lower_cased():
 def test_byte_tokenizer_and_left_padding_layout():
     tok = ByteTokenizer()
     assert tok.encode("Ab") == [1, 65 + 3, 98 + 3] and tok.decode(tok.encode("héllo")) == "héllo"
-    ids, mask = PromptEncoder(tok, pad_token_id=515)(["a", "abc"])
     short, long = tok.encode(openvla_prompt("a")), tok.encode(openvla_prompt("abc"))
+    ids, mask = PromptEncoder(tok, pad_token_id=515, length=len(long))(["a", "abc"])
     assert ids.shape == (2, len(long)) and ids[1].tolist() == long
     pad = len(long) - len(short)
     assert (
@@ -42,6 +42,10 @@ def test_byte_tokenizer_and_left_padding_layout():
         and ids[0, 1 + pad :].tolist() == short[1:]
     )
     assert mask[0].tolist() == [1] + [0] * pad + [1] * (len(short) - 1) and mask[1].eq(1).all()
+    ids, _ = PromptEncoder(tok, pad_token_id=515, length=len(long) + 5)(["abc"])
+    assert ids.shape == (1, len(long) + 5) and ids[0, 1:6].eq(515).all()
+    with pytest.raises(ValueError, match="'abc' has 51 tokens, more than policy.max_prompt_length=50"):
+        PromptEncoder(tok, pad_token_id=515, length=len(long) - 1)(["a", "abc"])
 
 
 def _save_tiny_hf_tokenizer(directory) -> None:
