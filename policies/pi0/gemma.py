@@ -70,6 +70,11 @@ class GemmaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(size.width)
         self.mlp = GemmaMLP(size)
 
+    def forward(self, x: torch.Tensor, attended: torch.Tensor | None = None):
+        """Either half of the layer around the joint attention: `layer(x)` -> q, k, v of this tower's tokens;
+        `layer(x, attended)` -> the layer's output. (Both go through `__call__`, so FSDP2 can shard a layer.)"""
+        return self.qkv(x) if attended is None else self.finish(x, attended)
+
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised q [B, L, heads, D], k and v [B, L, kv_heads, D] of this tower's tokens."""
         b, n, _ = x.shape
@@ -140,7 +145,7 @@ def joint_layer(
     [B, L, S] covers cached keys first, then this call's tokens. Returns the new hidden states and this call's
     keys/values (after rotary), which become the cache of a prefix pass.
     """
-    parts = [layer.qkv(h) for layer, h in zip(layers, hidden) if h is not None]
+    parts = [layer(h) for layer, h in zip(layers, hidden) if h is not None]
     q, k, v = (torch.cat(t, dim=1) for t in zip(*parts))
     q, k = rotary(q, positions), rotary(k, positions)
     new_kv = (k, v)
@@ -154,7 +159,7 @@ def joint_layer(
             out.append(None)
             continue
         end = start + h.shape[1]
-        out.append(layer.finish(h, attended[:, start:end].to(h.dtype)))
+        out.append(layer(h, attended[:, start:end].to(h.dtype)))
         start = end
     return out, new_kv
 

@@ -126,6 +126,14 @@ class Pi0Policy(Policy):
             state.update(own or {k: v for k, v in self.state_dict().items() if k.startswith(NOISE_HEAD)})
         load_state_dict_strict(self, state, source=str(path))
 
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """FSDP2 units: every decoder layer of both Gemma towers and every SigLIP encoder layer."""
+        pg = self.model.paligemma_with_expert
+        towers = (pg.paligemma.model.language_model, pg.gemma_expert.model)
+        return [layer for tower in towers for layer in tower.layers] + list(
+            self.model.vision_tower.vision_model.encoder.layers
+        )
+
     def _setup_training(self) -> None:
         cfg = self.config
         if cfg.lora.enabled:
