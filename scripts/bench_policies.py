@@ -71,7 +71,8 @@ def openvla_case(name: str, chunks: int) -> Case:
             },  # fmt: skip
             path="policy",
         )
-        return make_policy(config, spec).to(device), obs
+        with torch.device(device):  # real sizes: random init directly on the GPU
+            return make_policy(config, spec), obs
 
     return build
 
@@ -160,6 +161,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.size == "real" and args.device == "cpu":
+        parser.error("--size real builds billions of parameters: use --device cuda (and --dtype bfloat16)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"device={args.device} dtype={args.dtype} threads={args.threads} torch={torch.__version__}")
