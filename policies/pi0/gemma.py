@@ -76,14 +76,10 @@ class GemmaDecoderLayer(nn.Module):
         return self.qkv(x) if attended is None else self.finish(x, attended)
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised q [B, L, heads, D], k and v [B, L, kv_heads, D] of this tower's tokens."""
-        b, n, _ = x.shape
+        """Projections [B, L, heads * D], [B, L, kv_heads * D] x 2 of this tower's normalised tokens (flat: fresh
+        tensors, not views, as FSDP2 wants a unit's outputs)."""
         h = self.input_layernorm(x)
-        d = self.size.head_dim
-        q = self.self_attn.q_proj(h).view(b, n, -1, d)
-        k = self.self_attn.k_proj(h).view(b, n, -1, d)
-        v = self.self_attn.v_proj(h).view(b, n, -1, d)
-        return q, k, v
+        return self.self_attn.q_proj(h), self.self_attn.k_proj(h), self.self_attn.v_proj(h)
 
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Output projection, residual, MLP and residual for this tower's tokens."""
@@ -145,8 +141,9 @@ def joint_layer(
     [B, L, S] covers cached keys first, then this call's tokens. Returns the new hidden states and this call's
     keys/values (after rotary), which become the cache of a prefix pass.
     """
+    head_dim = layers[0].size.head_dim
     parts = [layer(h) for layer, h in zip(layers, hidden) if h is not None]
-    q, k, v = (torch.cat(t, dim=1) for t in zip(*parts))
+    q, k, v = (torch.cat(t, dim=1).unflatten(-1, (-1, head_dim)) for t in zip(*parts))
     q, k = rotary(q, positions), rotary(k, positions)
     new_kv = (k, v)
     if cache is not None:

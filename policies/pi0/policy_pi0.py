@@ -267,7 +267,8 @@ class Pi0Policy(Policy):
         inputs = self._model_inputs(forward_inputs)
         cache = self._prefix(inputs)
         logprobs, entropy, first_out = self._chain_logprobs(cache, forward_inputs)
-        return EvaluateOutput(logprobs, entropy, self._values(cache, first_out))
+        # fresh tensors, not views: FSDP2 hooks the outputs of the root unit for its backward
+        return EvaluateOutput(logprobs.clone(), entropy.clone(), self._values(cache, first_out).clone())
 
     def _chain_logprobs(self, cache: PrefixCache, fi: dict[str, torch.Tensor]):
         """Log-probs and entropy [B, C, A] of the stored chain under the current weights, and the expert's output
