@@ -1,4 +1,5 @@
-"""A tiny deterministic backend whose every output is predictable, to test the episode logic and the workers.
+"""Test helpers: a tiny deterministic backend whose every output is predictable (to test the episode logic and
+the workers), checks that processes are gone, and an oracle for colour_targets.
 
 Env with global index g, reset to initial-state id s: after t steps its state is [s, t, g]; it terminates
 (the task's own end) after `1 + s % period` steps, with success when s is even; its reward is action[0] + t.
@@ -8,13 +9,15 @@ Images are 4x4 filled with t. Workers can be made to raise or to die at a chosen
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from algorithms.schema import param
-from envs.base import EnvBatch, EnvConfig, EnvSpec, register_env
+from envs.base import EnvBatch, EnvConfig, EnvSpec, EpisodeVectorEnv, register_env
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,50 @@ class CountdownBatch(EnvBatch):
 
 
 register_env("countdown", CountdownConfig, processes=True)(CountdownBatch)
+
+
+# -- processes ----------------------------------------------------------------------------------------------
+def gone(pid: int) -> bool:
+    """The process no longer runs (never existed, exited, or is a zombie nobody reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(gone(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def spawned_children() -> set[int]:
+    """Live child processes started by multiprocessing's spawn (env workers; not its resource tracker)."""
+    me = os.getpid()
+    path = Path(f"/proc/{me}/task/{me}/children")
+    pids = {int(p) for p in path.read_text().split()} if path.exists() else set()
+    found = set()
+    for pid in pids:
+        try:
+            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text() and not gone(pid):
+                found.add(pid)
+        except FileNotFoundError:
+            pass
+    return found
+
+
+# -- colour_targets ---------------------------------------------------------------------------------------
+def colour_oracle_actions(env: EpisodeVectorEnv) -> torch.Tensor:
+    batch = env.batch
+    goal = batch.centres[np.arange(env.num_envs), batch.goal]
+    velocity = np.clip((goal - batch.cursor) / env.config.max_speed, -1, 1)
+    actions = np.zeros((env.num_envs, 1, env.spec.action_dim), np.float32)
+    actions[:, 0, :2] = velocity
+    return torch.from_numpy(actions)

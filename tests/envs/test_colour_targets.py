@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from env_toys import colour_oracle_actions as oracle_actions
 
 from algorithms.schema import ConfigError
 from envs import EpisodeVectorEnv, make_env
@@ -13,15 +13,6 @@ from envs.colour_targets import COLOUR_NAMES, PALETTE, ColourTargetsConfig
 
 def make(**overrides) -> EpisodeVectorEnv:
     return make_env(ColourTargetsConfig(**{"num_envs": 16, **overrides}))
-
-
-def oracle_actions(env: EpisodeVectorEnv) -> torch.Tensor:
-    batch = env.batch
-    goal = batch.centres[np.arange(env.num_envs), batch.goal]
-    velocity = np.clip((goal - batch.cursor) / env.config.max_speed, -1, 1)
-    actions = np.zeros((env.num_envs, 1, env.spec.action_dim), np.float32)
-    actions[:, 0, :2] = velocity
-    return torch.from_numpy(actions)
 
 
 def test_the_named_colour_is_drawn_at_the_named_target():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_env_workers import gone
+from env_toys import gone
 
 from envs import EnvConfig, env_registry, make_env
 from envs.workers import ProcessVectorEnv

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from env_toys import CountdownConfig
-from test_colour_targets import oracle_actions
+from env_toys import colour_oracle_actions as oracle_actions
 
 from envs import make_env
 from envs.colour_targets import ColourTargetsConfig

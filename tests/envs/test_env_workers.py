@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from env_toys import CountdownConfig
+from env_toys import CountdownConfig, gone, spawned_children, wait_gone
 
 from envs import make_env
 from envs.workers import EnvWorkerError, ProcessVectorEnv, split_envs
-
-
-def gone(pid: int) -> bool:
-    """The process no longer runs (never existed, exited, or is a zombie nobody reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def wait_gone(pids: list[int], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(gone(p) for p in pids):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def rollout(env, chunks: int = 4, chunk: int = 3):
@@ -114,26 +91,11 @@ def test_a_worker_failing_to_start_raises_with_its_error():
     assert spawned_children() - before == set()
 
 
-def spawned_children() -> set[int]:
-    """Live child processes started by multiprocessing's spawn (env workers; not its resource tracker)."""
-    me = os.getpid()
-    path = Path(f"/proc/{me}/task/{me}/children")
-    pids = {int(p) for p in path.read_text().split()} if path.exists() else set()
-    found = set()
-    for pid in pids:
-        try:
-            if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text() and not gone(pid):
-                found.add(pid)
-        except FileNotFoundError:
-            pass
-    return found
-
-
 def test_workers_exit_when_the_parent_is_killed(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[2])]!r}
-        from env_toys import CountdownConfig
+        from env_toys import CountdownConfig, gone, spawned_children, wait_gone
         from envs import make_env
         if __name__ == "__main__":
             env = make_env(CountdownConfig(num_envs=2, num_workers=2))
@@ -154,7 +116,7 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path[:0] = {[str(Path(__file__).parent), str(Path(__file__).parents[2])]!r}
-        from env_toys import CountdownConfig
+        from env_toys import CountdownConfig, gone, spawned_children, wait_gone
         from envs import make_env
         make_env(CountdownConfig(num_envs=2, num_workers=2))
     """)

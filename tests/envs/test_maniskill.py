@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_env_workers import spawned_children
+from env_toys import spawned_children
 
 from envs import EnvConfig, make_env
 from envs.maniskill.gpu import representatives
@@ -206,7 +206,7 @@ def test_all_maniskill_workers_are_gone_after_one_crashes():
     """(After close(): checked for every worker-based case in test_env_contract.py.)"""
     import signal
 
-    from test_env_workers import gone
+    from env_toys import gone
 
     from envs.workers import EnvWorkerError
 
