@@ -9,14 +9,17 @@ delta with the gripper last, -1 open / +1 close (`envs.libero.convert.gripper_fr
 [0, 1] opening). See docs/envs.md, "LIBERO".
 """
 
-from envs.libero.offline import configure_environment
+from envs.libero.offline import LiberoSetupError, configure_environment, ensure_config_file
 
 configure_environment()  # before anything imports MuJoCo: it picks its OpenGL backend at import time
+try:  # so that `import libero` never prompts for a config after `import envs.libero`
+    ensure_config_file()
+except LiberoSetupError:
+    pass  # not installed or misconfigured: building an env raises the error, saying what to install
 
 from envs.base import register_env  # noqa: E402
 from envs.libero.config import MAX_EPISODE_STEPS, NUM_TASKS, SUITES, LiberoConfig  # noqa: E402
 from envs.libero.convert import GRIPPER_CLOSE, GRIPPER_OPEN, gripper_from_opening  # noqa: E402
-from envs.libero.offline import LiberoSetupError  # noqa: E402
 
 
 @register_env("libero", LiberoConfig, processes=True)
