@@ -29,10 +29,6 @@ class EvalEpisodes:
         self._round_size = 0
         self._done = np.zeros(env.num_envs, bool)
 
-    @property
-    def finished(self) -> bool:
-        return self._next >= len(self.ids) and self._done[: self._round_size].all()
-
     def start(self) -> Obs | None:
         """Reset to the first round; None when there is nothing to evaluate."""
         return self._start_round() if self.ids else None

@@ -136,7 +136,8 @@ class GroupCall:
         self.status_refs, self.result_refs = list(status_refs), list(result_refs)
         self.seconds: list[float] = []
 
-    def _raise_for(self, index: int, status: Any) -> None:
+    @staticmethod
+    def _raise_for(status: Any) -> None:
         if isinstance(status, Failure):
             raise WorkerError(
                 f"{status.group} worker rank {status.rank} (pid {status.pid} on {status.host}) failed in "
@@ -159,7 +160,7 @@ class GroupCall:
         self.seconds = []
         for i in range(len(self.ranks)):
             status = self._status(i)
-            self._raise_for(i, status)
+            self._raise_for(status)
             self.seconds.append(float(status))
         self.group.timings[self.method] = max(self.seconds) if self.seconds else 0.0
 
@@ -188,7 +189,7 @@ def wait_all(*calls: GroupCall, timeout: float | None = None) -> None:
             names = sorted({f"{c.group.name}.{c.method}" for c, _ in (owner[r] for r in pending)})
             raise WorkerError(f"timed out after {timeout:.0f}s waiting for {', '.join(names)}")
         call, index = owner[ready[0]]
-        call._raise_for(index, call._status(index))
+        call._raise_for(call._status(index))
     for call in calls:
         call.check()
 

@@ -105,8 +105,9 @@ class GaussianPolicy(Policy):
         """[B, F] features that the action mean and the value head read."""
 
     def _distribution(self, features: torch.Tensor) -> torch.distributions.Normal:
-        mean = self.action_mean(features).view(-1, self.chunk, self.action_dim)
-        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+        # fp32 even under bf16 mixed precision: PPO's ratio exp(logp - logp_old) needs the precision
+        mean = self.action_mean(features).float().view(-1, self.chunk, self.action_dim)
+        return torch.distributions.Normal(mean, self.log_std.float().exp().expand_as(mean))
 
     @torch.no_grad()
     def predict(self, obs: Obs, mode: str = "train") -> PolicyOutput:
@@ -127,11 +128,10 @@ class GaussianPolicy(Policy):
         features = self.features(inputs)
         dist = self._distribution(features)
         return EvaluateOutput(
-            logprobs=dist.log_prob(inputs["actions"]),
+            logprobs=dist.log_prob(inputs["actions"].float()),
             entropy=dist.entropy(),
-            values=self.value_head(features)[
-                :, 0
-            ].clone(),  # not a view: FSDP2 hooks the outputs for backward
+            # a fresh fp32 tensor, not a view: FSDP2 hooks the outputs for backward
+            values=self.value_head(features)[:, 0].float().clone(),
         )
 
 

@@ -191,3 +191,15 @@ def test_bootstrap_on_termination_uses_the_final_value():
     )
     assert ends[1, 1] == pytest.approx(1.0) and ends[0, 1] == pytest.approx(1.5)
     assert boots[1, 1] == pytest.approx(2.0) and boots[0, 1] == pytest.approx(2.0)
+
+
+def test_step_validity_inside_chunks_and_for_idle_envs():
+    import numpy as np
+
+    from embodied.workers.env_worker import step_validity
+
+    terms = torch.tensor([[False, True, False, False], [False, False, False, False], [False] * 4])
+    truncs = torch.tensor([[False] * 4, [False, False, False, True], [False] * 4])
+    running = np.array([True, True, False])  # env 2 finished earlier and waits for a reset (auto_reset=false)
+    valid = step_validity(terms, truncs, running)
+    assert valid.tolist() == [[True, True, False, False], [True, True, True, True], [False] * 4]
