@@ -261,9 +261,9 @@ def test_runtime_checkpoints_load_for_evaluation_and_as_pretrained(lora, tmp_pat
     )
 
     continued = make_policy(policy.config.replace(pretrained=str(tmp_path)), env_spec())
-    again = continued.evaluate(expected.forward_inputs)
+    again = continued.evaluate(expected.forward_inputs)  # adapters folded into the weights: float rounding only
     assert torch.allclose(again.logprobs, expected.logprobs, atol=1e-5)
-    assert torch.allclose(again.values, expected.values, atol=1e-5)
+    assert torch.allclose(again.values, expected.values, rtol=1e-4, atol=1e-5)
 
 
 def _fsdp_rank(rank: int, world: int, port: int) -> None:
