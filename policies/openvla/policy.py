@@ -146,7 +146,8 @@ class OpenVLAPolicyBase(Policy):
             state = {k.removeprefix("model."): v for k, v in state.items()}
         value_state = {k: v for k, v in state.items() if k.startswith("value_head.")}
         model_state = {k: v for k, v in state.items() if not k.startswith("value_head.")}
-        load_state_dict_strict(self.model, model_state, source=source, assign=True)
+        on_meta = any(p.is_meta for p in self.model.parameters())  # from_config: take the tensors, else copy
+        load_state_dict_strict(self.model, model_state, source=source, assign=on_meta)
         if self.value_head is not None and value_state:
             load_state_dict_strict(nn.ModuleDict({"value_head": self.value_head}), value_state, source=source)
         rotary = self.model.language_model.model.rotary_emb

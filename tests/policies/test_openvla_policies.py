@@ -255,13 +255,17 @@ def test_runtime_checkpoints_load_for_evaluation_and_as_pretrained(lora, tmp_pat
     expected = policy.predict(obs, mode="eval")
 
     same = tiny_policy("openvla_oft", seed=9, lora={"rank": lora, "target_modules": ["all-linear"]})
-    same.load_weights(tmp_path)  # what an eval-only rollout worker does
+    weight = same.model.projector.fc1.weight
+    same.load_weights(tmp_path)  # what an eval-only rollout worker does (its policy may sit on a GPU)
+    assert same.model.projector.fc1.weight is weight  # copied into place, not replaced by CPU tensors
     assert torch.equal(
         same.predict(obs, "eval").forward_inputs["action_tokens"], expected.forward_inputs["action_tokens"]
     )
 
     continued = make_policy(policy.config.replace(pretrained=str(tmp_path)), env_spec())
-    again = continued.evaluate(expected.forward_inputs)  # adapters folded into the weights: float rounding only
+    again = continued.evaluate(
+        expected.forward_inputs
+    )  # adapters folded into the weights: float rounding only
     assert torch.allclose(again.logprobs, expected.logprobs, atol=1e-5)
     assert torch.allclose(again.values, expected.values, rtol=1e-4, atol=1e-5)
 
