@@ -88,3 +88,27 @@ def test_placement_asking_for_more_slots_than_exist():
     config, _ = load_config("maniskill_ppo_pushcube", ["cluster.component_placement.actor=0-3"])
     with pytest.raises(ConfigError, match=r"actor='0-3' asks for slots 2, 3 but the cluster has 2 slots"):
         Cluster(config.cluster)
+
+
+def test_eval_only_run_starts_env_and_rollout_workers_and_loads_a_checkpoint(tmp_path):
+    from envs.base import make_env
+    from policies.base import make_policy
+
+    config, _ = load_config("maniskill_ppo_pushcube", [*TINY, "cluster=hybrid_pipelined"])
+    with make_env(config.env.replace(num_envs=1)) as env:
+        spec = env.spec
+    torch.manual_seed(123)
+    saved = make_policy(config.policy, spec)
+    saved.save_pretrained(tmp_path / "policy")
+    cluster = Cluster(config.cluster, components=("env", "rollout"))
+    try:
+        workers = Components(cluster, config)
+        assert workers.actor is None and set(workers.worker_processes()) == {"env", "rollout"}
+        workers.load_policy(tmp_path / "policy")
+        loaded = workers.rollout.state_dict().wait()[0]
+        for name, tensor in saved.state_dict().items():
+            torch.testing.assert_close(loaded[name], tensor)
+        metrics, _ = workers.evaluate(config.eval, video_dir=None)
+        assert metrics["eval/num_episodes"] == 6 and 0.0 <= metrics["eval/success_once"] <= 1.0
+    finally:
+        cluster.shutdown()
