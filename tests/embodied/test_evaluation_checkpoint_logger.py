@@ -106,3 +106,24 @@ def test_logger_writes_scalars_config_and_videos_to_tensorboard(tmp_path):
     image = events.Images("eval/video_0")[0]
     assert image.encoded_image_string[:6] == b"GIF89a" and image.width == 32
     assert "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_eval_grid_video_of_the_first_episodes(tmp_path):
+    import imageio.v2 as imageio
+
+    from embodied.workers.env_worker import GridRecorder
+
+    env = colour_env(num_envs=3)
+    recorder = GridRecorder(env, count=2)
+    episodes = EvalEpisodes(env, [5, 6, 7, 8])
+    obs = episodes.start()
+    recorder.instruction = obs["task_descriptions"][0]
+    while obs is not None:
+        obs, infos = episodes.step(torch.zeros(3, 1, env.spec.action_dim))
+        recorder.add(infos)
+    (path,) = recorder.write(tmp_path)
+    frames = imageio.mimread(path, memtest=False)
+    lengths = [len(f) for f in recorder.frames]
+    assert len(frames) == max(lengths) and max(lengths) <= 6  # first episodes only, time limit 6
+    assert frames[0].shape[1] == 2 * 256  # two envs side by side, 256 px wide each
+    env.close()
