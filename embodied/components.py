@@ -162,6 +162,11 @@ class Components:
         workers: evaluation of a trained policy without an actor."""
         self.rollout.load_pretrained(str(directory)).wait()
 
+    def timings(self) -> dict[str, float]:
+        """`time/worker/<group>.<method>`: the slowest rank's seconds of each method's last call."""
+        groups = [g for g in (self.env, self.rollout, self.actor) if g is not None]
+        return {f"time/worker/{g.name}.{method}": s for g in groups for method, s in g.timings.items()}
+
     def worker_processes(self) -> dict[str, list[dict]]:
         """pid, cores and child pids of every worker, by group (for tests and diagnostics)."""
         groups = {"env": self.env, "rollout": self.rollout, "actor": self.actor}

@@ -90,7 +90,9 @@ class Runner:
                 self.workers.sync_weights()
             c.env_steps += rollout["env_steps"]
             metrics |= episode_metrics(rollout["episodes"])
-            metrics |= self._throughput(rollout, metrics, time.perf_counter() - start)
+            metrics |= (
+                self._throughput(rollout, metrics, time.perf_counter() - start) | self.workers.timings()
+            )
             if self._due(config.eval.every_n_iterations) and self._worth_evaluating(metrics):
                 with self.timed("eval", metrics):
                     metrics |= self.evaluate()
