@@ -182,9 +182,8 @@ def test_two_tasks_in_one_process_render_exactly_as_libero_own_loop():
         raw = load_libero().OffScreenRenderEnv(
             bddl_file_name=tasks[0].bddl_file, camera_heights=SIZE, camera_widths=SIZE
         )
-        np.random.seed(
-            3
-        )  # LIBERO places the fixtures from numpy's global RNG; the env API seeds it by the id
+        # LIBERO places the fixtures from numpy's global RNG; the env API seeds it by the id
+        np.random.seed(3)
         raw.reset()
         raw_obs = raw.set_init_state(tasks[0].init_states[3])
         for _ in range(10):
@@ -192,6 +191,7 @@ def test_two_tasks_in_one_process_render_exactly_as_libero_own_loop():
         assert_same_view(obs, raw_obs)
         actions = random_actions(2, 3, seed=4)
         obs, *_ = env.chunk_step(actions)
+        raw.sim._render_context_offscreen.gl_ctx.make_current()  # our scenes made theirs current
         for c in range(3):
             raw_obs, *_ = raw.step(actions[0, c].double().numpy())
         assert_same_view(obs, raw_obs)

@@ -117,6 +117,8 @@ def test_gripper_from_opening_maps_openvla_to_libero():
 def test_a_fresh_config_folder_gets_a_config_and_libero_imports_without_prompting(tmp_path):
     code = (
         "import envs.libero\n"
+        "from libero.libero import get_libero_path\n"  # LIBERO itself, imported directly: no prompt
+        "print(get_libero_path('init_states'))\n"
         "from envs.libero.tasks import load_task\n"
         "print(load_task('libero_goal', 0).language)\n"
     )
@@ -133,6 +135,7 @@ def test_a_fresh_config_folder_gets_a_config_and_libero_imports_without_promptin
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("open the middle drawer of the cabinet")
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert proc.stdout.split("\n")[0] == config["init_states"]
     assert set(config) == set(offline.CONFIG_KEYS)
     assert (Path(config["assets"]) / "scenes").is_dir() and (
         Path(config["bddl_files"]) / "libero_90"
