@@ -10,6 +10,7 @@ checkpoint's weights into the rollout workers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ import torch
 from embodied.channel import Channel
 from embodied.cluster import Cluster
 from embodied.config import EvalConfig, TrainConfig
-from embodied.evaluation import split_ids, summarize
+from embodied.evaluation import summarize, task_schedules
 from embodied.routing import RolloutPlan, plan_rollout
-from embodied.worker import wait_all
+from embodied.worker import WorkerError, wait_all
 from embodied.workers.actor_worker import ActorWorker
 from embodied.workers.env_worker import EnvWorker
 from embodied.workers.rollout_worker import RolloutWorker
@@ -128,18 +129,38 @@ class Components:
 
     def evaluate(self, eval_config: EvalConfig, video_dir: Path | None) -> tuple[dict[str, float], list[str]]:
         """Deterministic episodes from the fixed initial states; returns `eval/*` metrics and video paths."""
+        episodes, videos = self.evaluate_episodes(eval_config, video_dir)
+        return summarize(episodes), videos
+
+    def evaluate_episodes(
+        self,
+        eval_config: EvalConfig,
+        video_dir: Path | None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> tuple[list[dict], list[str]]:
+        """Each task of the env runs `eval.num_episodes` episodes, from the initial states
+        `first_initial_state + 0, 1, ...` dealt to the envs that run it. Returns every episode (metrics, env,
+        task id, description, initial state, video) and the video paths. `on_progress(episodes finished)` is
+        called about once a second while it runs."""
         start = eval_config.first_initial_state
         ids = list(range(start, start + eval_config.num_episodes))
-        shares = split_ids(ids, len(self.plan.units))
-        per_unit = {u.index: shares[u.index] for u in self.plan.units}
+        env = self.config.env
+        schedules = task_schedules([env.task_of_env(i) for i in range(env.num_envs)], ids)
+        per_unit = {u.index: schedules[u.env_start : u.env_stop] for u in self.plan.units}
         if video_dir is not None:
             video_dir.mkdir(parents=True, exist_ok=True)
         env_call = self.env.evaluate(per_unit, eval_config, None if video_dir is None else str(video_dir))
         rollout_call = self.rollout.generate("eval")
-        wait_all(env_call, rollout_call)
+        while True:
+            try:
+                wait_all(env_call, rollout_call, timeout=None if on_progress is None else 1.0)
+                break
+            except WorkerError as exc:
+                if not str(exc).startswith("timed out after"):
+                    raise
+                on_progress(sum(self.env.call("eval_progress").wait()))
         results = env_call.wait()
-        episodes = [e for r in results for e in r["episodes"]]
-        return summarize(episodes), [v for r in results for v in r["videos"]]
+        return [e for r in results for e in r["episodes"]], [v for r in results for v in r["videos"]]
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save_checkpoint(self, folder: Path) -> None:
@@ -161,6 +182,17 @@ class Components:
         """Weights from a checkpoint's policy folder (config.json + model.safetensors) into the rollout
         workers: evaluation of a trained policy without an actor."""
         self.rollout.load_pretrained(str(directory)).wait()
+
+    def close(self) -> None:
+        """Close the simulators and stop this run's workers (the cluster stays up for the next ones)."""
+        groups = [g for g in (self.env, self.rollout, self.actor) if g is not None]
+        try:
+            self.env.close().wait()
+        finally:
+            for group in groups:
+                group.kill()
+                if group in self.cluster.groups:
+                    self.cluster.groups.remove(group)
 
     def timings(self) -> dict[str, float]:
         """`time/worker/<group>.<method>`: the slowest rank's seconds of each method's last call."""

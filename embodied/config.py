@@ -148,9 +148,11 @@ class EvalConfig(Config):
     """Periodic evaluation: deterministic actions from fixed initial states."""
 
     every_n_iterations: int = param(5, help="evaluate every this many iterations; 0: only at the end", ge=0)
-    num_episodes: int = param(64, help="episodes per evaluation (in rounds of env.num_envs)", ge=1)
+    num_episodes: int = param(
+        64, help="episodes per task per evaluation (single-task envs: per evaluation), in rounds of the envs", ge=1
+    )
     first_initial_state: int = param(
-        1_000_000, help="the fixed initial states are ids first_initial_state + 0 .. num_episodes - 1", ge=0
+        1_000_000, help="each task's fixed initial states are ids first_initial_state + 0 .. num_episodes - 1", ge=0
     )
     min_train_success: float | None = param(
         None,
@@ -161,6 +163,15 @@ class EvalConfig(Config):
     at_end: bool = param(True, help="also evaluate after the last iteration")
     video: bool = param(True, help="record eval videos (envs with image observations only)")
     video_envs: int = param(4, help="envs of the first round that are recorded (one grid video)", ge=1)
+    video_mode: Literal["grid", "episodes"] = param(
+        "grid", help="grid: one grid mp4 of the first video_envs envs; episodes: one mp4 per episode"
+    )
+    tasks_per_pass: int | None = param(
+        None,
+        help="eval_policy.sh: evaluate the env's tasks (env.task_ids) this many at a time, with fresh env "
+        "workers per pass, so envs whose scenes need much memory fit; null: all at once",
+        ge=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,26 @@ class EnvConfig(Config):
     def subclass_for(cls, name: str) -> type[Config]:
         return env_registry.get(name).config_class
 
+    @property
+    def selected_task_ids(self) -> tuple[int, ...]:
+        """The tasks (ids within the env type) this config runs; env types with several tasks override it."""
+        return (0,)
+
+    def with_task_ids(self, task_ids: tuple[int, ...]) -> EnvConfig:
+        """This config running only `task_ids` (an evaluation pass over some of the tasks)."""
+        if tuple(task_ids) != self.selected_task_ids:
+            raise ValueError(f"env {self.name!r} runs one task; it cannot select tasks {list(task_ids)}")
+        return self
+
+    def task_of_env(self, env_id: int) -> int:
+        """The task (an id within the env type) that env `env_id` runs; env types with several tasks override it."""
+        return 0
+
+    def slice_envs(self, start: int, count: int) -> EnvConfig:
+        """The config of envs `start .. start + count - 1` as a batch of their own (an env worker's share):
+        `num_envs=count`; env types with several tasks also keep each env's task (see `task_of_env`)."""
+        return self.replace(num_envs=count)
+
     def check(self) -> None:
         if self.num_envs % self.group_size:
             raise ConfigError(

@@ -20,6 +20,7 @@ from embodied.evaluation import EvalEpisodes
 from embodied.routing import RolloutPlan, Unit
 from embodied.trajectory import EnvStep, to_cpu
 from embodied.worker import Worker, WorkerInfo
+from embodied.workers.eval_videos import EpisodeVideos
 from envs.base import EPISODE_METRICS, EnvConfig, Obs, make_env, select_obs
 
 
@@ -44,7 +45,10 @@ class EnvWorker(Worker):
         self.envs = []
         try:
             for unit in self.units:
-                unit_config = env.replace(num_envs=unit.num_envs, seed=unit_seed(env.seed, unit.index))
+                # each unit keeps its envs' tasks (env types with several tasks, e.g. LIBERO)
+                unit_config = env.slice_envs(unit.env_start, unit.num_envs).replace(
+                    seed=unit_seed(env.seed, unit.index)
+                )
                 self.envs.append(make_env(unit_config))
         except BaseException:
             self.close()
@@ -53,6 +57,7 @@ class EnvWorker(Worker):
         self.running = [np.ones(u.num_envs, bool) for u in self.units]
         self.to_rollout: Channel | None = None
         self.from_rollout: Channel | None = None
+        self.eval_episodes_done = 0
 
     def spec(self):
         return self.envs[0].spec
@@ -108,42 +113,97 @@ class EnvWorker(Worker):
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     def evaluate(
-        self, ids_per_unit: dict[int, list[int]], eval_config: EvalConfig, video_dir: str | None
+        self, schedules_per_unit: dict[int, list[list[int]]], eval_config: EvalConfig, video_dir: str | None
     ) -> dict:
-        """Evaluate each unit on its initial states (deterministic actions come from the rollout workers).
+        """Evaluate each unit's envs on their initial states (`schedules_per_unit[unit][i]`: env i's list; the
+        deterministic actions come from the rollout workers).
 
-        Returns the episodes (with their initial-state ids) and the paths of the videos written. The training
-        envs are reset before the next rollout epoch.
+        Returns the episodes (with global env index, task id, initial-state id and, in `video_mode=episodes`,
+        the video) and the paths of the videos written. The training envs are reset before the next rollout
+        epoch.
         """
+        self.eval_episodes_done = 0
         trackers = [
-            EvalEpisodes(env, ids_per_unit.get(unit.index, [])) for env, unit in zip(self.envs, self.units)
+            EvalEpisodes.per_env(env, schedules_per_unit.get(unit.index, [[]] * unit.num_envs))
+            for env, unit in zip(self.envs, self.units)
         ]
-        recorder = None
-        if video_dir and self.units[0].index == 0 and self.envs[0].spec.image_size is not None:
-            recorder = GridRecorder(self.envs[0], min(eval_config.video_envs, self.units[0].num_envs))
+        grid, videos = self._eval_recorders(trackers, eval_config, video_dir)
         active = []
         for k, (unit, tracker) in enumerate(zip(self.units, trackers)):
             obs = tracker.start()
             self.obs[k] = None  # the training episodes are interrupted
-            if recorder is not None and k == 0 and obs is not None:
-                recorder.instruction = obs["task_descriptions"][0]
+            if grid is not None and k == 0 and obs is not None:
+                grid.instruction = obs["task_descriptions"][0]
+            if videos[k] is not None and obs is not None:
+                videos[k].start_round(obs)
             self._send(unit, EnvStep(obs if obs is not None else {}, last=obs is None))
             if obs is not None:
                 active.append(k)
         while active:
             for k in list(active):
-                actions = self.from_rollout.get(self.units[k].index)
-                obs, infos = trackers[k].step(actions)
-                if recorder is not None and k == 0:
-                    recorder.add(infos)
+                obs = self._eval_step(self.units[k], trackers[k], grid if k == 0 else None, videos[k])
                 self._send(self.units[k], EnvStep(obs if obs is not None else {}, last=obs is None))
                 if obs is None:
                     active.remove(k)
-        videos = []
-        if recorder is not None:
-            videos = recorder.write(Path(video_dir))
+        written = []
+        if grid is not None:
+            written = grid.write(Path(video_dir))
             self.envs[0].record_step_frames(False)
-        return {"episodes": [e for t in trackers for e in t.episodes], "videos": videos}
+        for recorder in videos:
+            if recorder is not None:
+                recorder.close()
+                written += [e["video"] for e in recorder.tracker.episodes if "video" in e]
+        return {
+            "episodes": [self._labelled(e, u) for t, u in zip(trackers, self.units) for e in t.episodes],
+            "videos": written,
+        }
+
+    def _eval_recorders(self, trackers: list[EvalEpisodes], eval_config: EvalConfig, video_dir: str | None):
+        """(grid recorder of unit 0 or None, per-unit episode recorders or Nones) for the eval's video mode."""
+        videos: list[EpisodeVideos | None] = [None] * len(trackers)
+        if not video_dir or self.envs[0].spec.image_size is None:
+            return None, videos
+        if eval_config.video_mode == "grid":
+            if self.units[0].index != 0:
+                return None, videos
+            return GridRecorder(self.envs[0], min(eval_config.video_envs, self.units[0].num_envs)), videos
+        for k, (tracker, unit) in enumerate(zip(trackers, self.units)):
+            videos[k] = EpisodeVideos(
+                tracker, Path(video_dir), lambda row, t=tracker, u=unit: self._video_name(t, u, row)
+            )
+        return None, videos
+
+    def _video_name(self, tracker: EvalEpisodes, unit: Unit, row: int) -> str:
+        env = unit.env_start + row
+        return f"task{self.config.task_of_env(env):03d}_state{tracker.round_ids[row]}_env{env:03d}"
+
+    def _eval_step(
+        self, unit: Unit, tracker: EvalEpisodes, grid: GridRecorder | None, videos: EpisodeVideos | None
+    ) -> Obs | None:
+        """One chunk of one unit's evaluation: actions in, videos fed; returns the next observation or None."""
+        actions = self.from_rollout.get(unit.index)
+        tracked, round_before, ended_before = tracker.tracked.copy(), tracker.round, len(tracker.episodes)
+        obs, infos = tracker.step(actions)
+        if grid is not None:
+            grid.add(infos)
+        if videos is not None:
+            paths = videos.add(infos, tracked)
+            for episode in tracker.episodes[ended_before:]:
+                if episode["env"] in paths:
+                    episode["video"] = paths[episode["env"]]
+            if obs is not None and tracker.round != round_before:
+                videos.start_round(obs)
+        self.eval_episodes_done += len(tracker.episodes) - ended_before
+        return obs
+
+    def _labelled(self, episode: dict, unit: Unit) -> dict:
+        """An episode with its global env index and task id."""
+        env = unit.env_start + episode["env"]
+        return {**episode, "env": env, "task_id": self.config.task_of_env(env)}
+
+    def eval_progress(self) -> int:
+        """Episodes finished so far by the running evaluation (called while `evaluate` runs)."""
+        return self.eval_episodes_done
 
     def close(self) -> None:
         for env in self.envs:

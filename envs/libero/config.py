@@ -72,7 +72,20 @@ class LiberoConfig(EnvConfig):
         """The task ids this config runs, in order."""
         return self.task_ids if self.task_ids is not None else tuple(range(NUM_TASKS[self.suite]))
 
+    def with_task_ids(self, task_ids: tuple[int, ...]) -> LiberoConfig:
+        return self.replace(task_ids=tuple(task_ids))
+
     def task_of_env(self, env_id: int) -> int:
         """The task id (in the suite) that global env `env_id` runs: groups take the selected tasks in turn."""
         tasks = self.selected_task_ids
         return tasks[(env_id // self.group_size) % len(tasks)]
+
+    def slice_envs(self, start: int, count: int) -> LiberoConfig:
+        """Envs `start .. start + count - 1` on their own, each keeping its task: the tasks of their groups, in
+        turn from the first one (so `sliced.task_of_env(i) == self.task_of_env(start + i)`)."""
+        if start % self.group_size or count % self.group_size:
+            raise ValueError(f"a slice of envs must hold whole groups of {self.group_size}, not {start}+{count}")
+        tasks, first_group = self.selected_task_ids, start // self.group_size
+        groups = min(count // self.group_size, len(tasks))
+        turn = tuple(tasks[(first_group + g) % len(tasks)] for g in range(groups))
+        return self.replace(num_envs=count, task_ids=turn)

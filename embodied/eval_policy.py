@@ -1,0 +1,267 @@
+"""Evaluate a policy in its simulator: `python -m embodied.eval_policy [CONFIG] ckpt=PATH [key=value ...]`
+(what scripts/eval_policy.sh runs).
+
+    CONFIG       a config name in configs/ or a YAML path; omitted: the training run's own config.yaml stored
+                 in the checkpoint that ckpt= names
+    ckpt=PATH    a training checkpoint (runs/<name>/<time>/checkpoints/iter_N), a run folder (its newest
+                 checkpoint), a policy folder (config.json + model.safetensors), `latest` (the newest checkpoint
+                 of run.name) or `none` (a freshly initialised policy)
+    key=value    override any key (eval.num_episodes=10, env.task_ids=[0,3], eval.video=false, ...)
+    --help       this text
+
+Only env and rollout workers start (on the placement of `cluster`); actions are deterministic; every task of
+the env runs `eval.num_episodes` episodes from the fixed initial states `eval.first_initial_state + 0, 1, ...`.
+With `eval.tasks_per_pass` the tasks are evaluated a few at a time, each pass with fresh env workers (so suites
+whose scenes need much memory fit). The report goes to <output_dir>/<run.name>/eval-<time>/: results.md (also
+printed), results.csv, results.json, success_per_task.png, videos/ (one mp4 per episode with
+`eval.video_mode=episodes`, the default here), and eval/* metrics in TensorBoard and W&B.
+
+Exit codes: 0 done, 1 a worker failed, 2 a bad config or checkpoint, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from embodied.eval_checkpoint import PolicySource
+from embodied.logger import MetricLogger
+
+EVAL_DEFAULTS = ("eval.video_mode=episodes",)  # before the user's overrides, which win
+
+
+def _split_args(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """(CONFIG or None, the ckpt= value or None, the other overrides)."""
+    config = argv[0] if argv and "=" not in argv[0] else None
+    rest = argv[1:] if config is not None else argv
+    ckpt = next((a.split("=", 1)[1] for a in rest if a.startswith("ckpt=")), None)
+    return config, ckpt, [a for a in rest if not a.startswith("ckpt=")]
+
+
+def _output_root(config) -> Path:
+    from embodied.compose import REPO
+
+    root = Path(config.run.output_dir)
+    return root if root.is_absolute() else REPO / root
+
+
+def prepare(argv: list[str]):
+    """Config, config tree, policy source and the task passes of an evaluation, everything checked before any
+    worker starts; raises ConfigError or CheckpointError."""
+    from algorithms.schema import ConfigError
+    from embodied.compose import load_config
+    from embodied.eval_checkpoint import check_policy_matches, resolve_checkpoint
+
+    name, ckpt, overrides = _split_args(argv)
+    if ckpt is None:
+        raise ConfigError(
+            "give ckpt=PATH: a training checkpoint or run folder, a policy folder, `latest`, or `none` to evaluate "
+            "a freshly initialised policy"
+        )
+    source = resolve_checkpoint(ckpt, None) if name is None or ckpt != "latest" else None
+    if name is None:
+        if source.config_file is None or not source.config_file.is_file():
+            raise ConfigError(f"ckpt={ckpt} is not a training checkpoint with a config.yaml: name a CONFIG")
+        name = str(source.config_file)
+    config, tree = load_config(name, [*EVAL_DEFAULTS, *overrides])
+    # group_size only matters for training (GRPO groups); in an evaluation every env is on its own
+    config = config.replace(env=config.env.replace(group_size=1))
+    tree = config.to_dict()
+    if source is None:
+        source = resolve_checkpoint(ckpt, _output_root(config) / config.run.name)
+    if source.policy_dir is not None:
+        _, differing = check_policy_matches(source.policy_dir, config.policy)
+        for line in differing:
+            print(f"note: the config differs from the checkpoint's policy config in {line}", flush=True)
+    return config, tree, source, task_passes(config)
+
+
+def task_passes(config) -> list:
+    """The env configs of the passes: the selected tasks, `eval.tasks_per_pass` at a time."""
+    from algorithms.schema import ConfigError
+
+    tasks = config.env.selected_task_ids
+    per_pass = config.eval.tasks_per_pass or len(tasks)
+    passes = []
+    for start in range(0, len(tasks), per_pass):
+        try:
+            passes.append(config.env.with_task_ids(tasks[start : start + per_pass]))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc} (eval.tasks_per_pass={config.eval.tasks_per_pass} puts up to {per_pass} tasks in a pass, "
+                "each needs at least one of the env.num_envs envs: lower eval.tasks_per_pass or raise env.num_envs)"
+            ) from None
+    return passes
+
+
+class EvalProgress:
+    """Episodes done out of all, with the ETA: a rich bar on a terminal, a plain line every 10 s otherwise."""
+
+    def __init__(self, total: int, style: str) -> None:
+        self.total, self.done, self.started, self._printed = total, 0, time.monotonic(), 0.0
+        self._bar = None
+        if style == "rich" or (style == "auto" and sys.stdout.isatty()):
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            )  # fmt: skip
+            self._task = self._bar.add_task("eval", total=total)
+            self._bar.start()
+
+    def update(self, done: int) -> None:
+        self.done = min(done, self.total)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+            return
+        now = time.monotonic()
+        if now - self._printed >= 10 or self.done == self.total:
+            self._printed = now
+            elapsed = now - self.started
+            eta = elapsed / self.done * (self.total - self.done) if self.done else None
+            eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+            print(f"[{elapsed:7.1f}s] eval {self.done}/{self.total} episodes  ETA {eta_text}", flush=True)
+
+    def message(self, text: str) -> None:
+        (self._bar.console.print if self._bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def evaluate_policy(config, tree: dict, source: PolicySource, passes: list) -> tuple[Path, dict[str, float]]:
+    """Run the evaluation and write its report; returns the report folder and the `eval/*` metrics."""
+    import yaml
+
+    from embodied.cluster import Cluster
+    from embodied.eval_report import write_report
+
+    out_dir = _output_root(config) / config.run.name / time.strftime("eval-%Y%m%d-%H%M%S")
+    cluster = Cluster(config.cluster, components=("env", "rollout"))
+    logger = None
+    try:
+        print(cluster.describe(), flush=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+        print(f"eval folder: {out_dir}\npolicy: {source.describe()}", flush=True)
+        logger = MetricLogger(out_dir, config.logger, tree, f"{config.run.name}-eval")
+        episodes = _run_passes(
+            cluster, config, source, passes, out_dir / "videos" if config.eval.video else None
+        )
+        meta = {
+            "config": config.run.name,
+            "checkpoint": source.describe(),
+            "env": f"{config.env.name} (tasks {list(config.env.selected_task_ids)})",
+            "episodes per task": config.eval.num_episodes,
+            "initial states": f"{config.eval.first_initial_state} .. "
+            f"{config.eval.first_initial_state + config.eval.num_episodes - 1}",
+        }
+        table, metrics = write_report(out_dir, episodes, meta)
+        print("\n" + table + f"\nreport: {out_dir}", flush=True)
+        logger.log(metrics, step=source.env_steps)
+        videos = sorted({e["video"] for e in episodes if "video" in e})
+        for i, path in enumerate(videos[: config.eval.video_envs]):
+            logger.log_video(f"eval/video_{i}", path, step=source.env_steps)
+        return out_dir, metrics
+    finally:
+        cluster.shutdown()
+        if logger is not None:
+            logger.close()
+
+
+def _run_passes(cluster, config, source: PolicySource, passes: list, video_dir: Path | None) -> list[dict]:
+    """Each pass: fresh env and rollout workers for its tasks, the weights loaded, the episodes run."""
+    from embodied.components import Components
+
+    total = sum(len(p.selected_task_ids) for p in passes) * config.eval.num_episodes
+    progress = EvalProgress(total, config.logger.console)
+    episodes: list[dict] = []
+    try:
+        for i, env in enumerate(passes):
+            if len(passes) > 1:
+                progress.message(f"pass {i + 1}/{len(passes)}: tasks {list(env.selected_task_ids)}")
+            workers = Components(cluster, config.replace(env=env))
+            try:
+                _check_env(workers.env_spec, config.eval, source)
+                if source.policy_dir is not None:
+                    workers.load_policy(source.policy_dir)
+                before = len(episodes)
+                found, _ = workers.evaluate_episodes(
+                    config.eval, video_dir, on_progress=lambda n, b=before: progress.update(b + n)
+                )
+                episodes += found
+                progress.update(len(episodes))
+            finally:
+                workers.close()
+    finally:
+        progress.close()
+    return episodes
+
+
+def _check_env(spec, eval_config, source: PolicySource) -> None:
+    """The initial states exist, and the checkpoint's policy was made for this env's actions."""
+    from algorithms.schema import ConfigError
+    from policies.base import read_saved_config
+
+    last = eval_config.first_initial_state + eval_config.num_episodes - 1
+    if spec.num_initial_states is not None and last >= spec.num_initial_states:
+        raise ConfigError(
+            f"eval.first_initial_state={eval_config.first_initial_state} with eval.num_episodes="
+            f"{eval_config.num_episodes} needs initial states up to {last}, but the env has "
+            f"{spec.num_initial_states} per task (ids 0..{spec.num_initial_states - 1}): e.g. "
+            f"eval.first_initial_state=0 eval.num_episodes={min(eval_config.num_episodes, spec.num_initial_states)}"
+        )
+    if source.policy_dir is not None:
+        saved = read_saved_config(source.policy_dir)[1]
+        if saved.action_dim != spec.action_dim:
+            raise ConfigError(
+                f"the checkpoint's policy acts in {saved.action_dim} dimensions but this env takes "
+                f"{spec.action_dim}: it was trained on another env (or control mode)"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        from embodied.compose import named_configs
+
+        print(__doc__)
+        print("Named configs: " + ", ".join(named_configs()))
+        return 0
+    from algorithms.schema import ConfigError
+    from embodied.cluster import ClusterError
+    from embodied.eval_checkpoint import CheckpointError
+    from embodied.worker import WorkerError
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    try:
+        config, tree, source, passes = prepare(argv)
+        import torch
+
+        torch.manual_seed(config.run.seed)
+        evaluate_policy(config, tree, source, passes)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (WorkerError, ClusterError) as exc:
+        print(f"evaluation failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
