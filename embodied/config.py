@@ -149,10 +149,14 @@ class EvalConfig(Config):
 
     every_n_iterations: int = param(5, help="evaluate every this many iterations; 0: only at the end", ge=0)
     num_episodes: int = param(
-        64, help="episodes per task per evaluation (single-task envs: per evaluation), in rounds of the envs", ge=1
+        64,
+        help="episodes per task per evaluation (single-task envs: per evaluation), in rounds of the envs",
+        ge=1,
     )
     first_initial_state: int = param(
-        1_000_000, help="each task's fixed initial states are ids first_initial_state + 0 .. num_episodes - 1", ge=0
+        1_000_000,
+        help="each task's fixed initial states are ids first_initial_state + 0 .. num_episodes - 1",
+        ge=0,
     )
     min_train_success: float | None = param(
         None,
@@ -168,8 +172,8 @@ class EvalConfig(Config):
     )
     tasks_per_pass: int | None = param(
         None,
-        help="eval_policy.sh: evaluate the env's tasks (env.task_ids) this many at a time, with fresh env "
-        "workers per pass, so envs whose scenes need much memory fit; null: all at once",
+        help="eval_policy.sh: evaluate the env's tasks this many at a time, each pass with fresh workers "
+        "holding only the envs of its tasks (so suites whose scenes need much memory fit); null: all at once",
         ge=1,
     )
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from embodied.eval_checkpoint import PolicySource
 from embodied.logger import MetricLogger
+from envs.base import EnvConfig
 
 EVAL_DEFAULTS = ("eval.video_mode=episodes",)  # before the user's overrides, which win
 
@@ -75,24 +77,27 @@ def prepare(argv: list[str]):
         _, differing = check_policy_matches(source.policy_dir, config.policy)
         for line in differing:
             print(f"note: the config differs from the checkpoint's policy config in {line}", flush=True)
-    return config, tree, source, task_passes(config)
+    task_passes(config.env, config.eval.tasks_per_pass)  # a bad split fails before Ray starts
+    return config, tree, source
 
 
-def task_passes(config) -> list:
-    """The env configs of the passes: the selected tasks, `eval.tasks_per_pass` at a time."""
+def task_passes(env: EnvConfig, tasks_per_pass: int | None, units: int = 1) -> list[EnvConfig]:
+    """The env configs of the evaluation passes: the selected tasks, `tasks_per_pass` at a time (None: all at
+    once), each pass with the envs that run its tasks when all run at once (as many per task), rounded up to a
+    multiple of `units` (env workers x pipeline stages) so they split evenly."""
     from algorithms.schema import ConfigError
 
-    tasks = config.env.selected_task_ids
-    per_pass = config.eval.tasks_per_pass or len(tasks)
+    tasks = env.selected_task_ids
+    per_pass = tasks_per_pass or len(tasks)
+    envs_of_task = Counter(env.task_of_env(i) for i in range(env.num_envs))
     passes = []
     for start in range(0, len(tasks), per_pass):
+        chunk = tasks[start : start + per_pass]
+        count = -(-sum(envs_of_task[t] for t in chunk) // units) * units
         try:
-            passes.append(config.env.with_task_ids(tasks[start : start + per_pass]))
+            passes.append(env.with_task_ids(chunk).replace(num_envs=count))
         except ConfigError as exc:
-            raise ConfigError(
-                f"{exc} (eval.tasks_per_pass={config.eval.tasks_per_pass} puts up to {per_pass} tasks in a pass, "
-                "each needs at least one of the env.num_envs envs: lower eval.tasks_per_pass or raise env.num_envs)"
-            ) from None
+            raise ConfigError(f"evaluation pass over tasks {list(chunk)} with {count} envs: {exc}") from None
     return passes
 
 
@@ -101,6 +106,7 @@ class EvalProgress:
 
     def __init__(self, total: int, style: str) -> None:
         self.total, self.done, self.started, self._printed = total, 0, time.monotonic(), 0.0
+        self._first_update: float | None = None
         self._bar = None
         if style == "rich" or (style == "auto" and sys.stdout.isatty()):
             from rich.progress import (
@@ -125,10 +131,12 @@ class EvalProgress:
             self._bar.update(self._task, completed=self.done)
             return
         now = time.monotonic()
+        self._first_update = self._first_update or now  # the rate counts from when episodes began to run
         if now - self._printed >= 10 or self.done == self.total:
             self._printed = now
             elapsed = now - self.started
-            eta = elapsed / self.done * (self.total - self.done) if self.done else None
+            rate = self.done / max(now - self._first_update, 1e-9)
+            eta = (self.total - self.done) / rate if self.done else None
             eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
             print(f"[{elapsed:7.1f}s] eval {self.done}/{self.total} episodes  ETA {eta_text}", flush=True)
 
@@ -140,7 +148,7 @@ class EvalProgress:
             self._bar.stop()
 
 
-def evaluate_policy(config, tree: dict, source: PolicySource, passes: list) -> tuple[Path, dict[str, float]]:
+def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dict[str, float]]:
     """Run the evaluation and write its report; returns the report folder and the `eval/*` metrics."""
     import yaml
 
@@ -152,6 +160,8 @@ def evaluate_policy(config, tree: dict, source: PolicySource, passes: list) -> t
     logger = None
     try:
         print(cluster.describe(), flush=True)
+        units = len(cluster.placement.slots["env"]) * config.rollout.pipeline_stages
+        passes = task_passes(config.env, config.eval.tasks_per_pass, units)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
         print(f"eval folder: {out_dir}\npolicy: {source.describe()}", flush=True)
@@ -246,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
-        config, tree, source, passes = prepare(argv)
+        config, tree, source = prepare(argv)
         import torch
 
         torch.manual_seed(config.run.seed)
-        evaluate_policy(config, tree, source, passes)
+        evaluate_policy(config, tree, source)
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

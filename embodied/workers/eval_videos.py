@@ -19,7 +19,8 @@ from envs.video import annotate, write_mp4
 
 
 class EpisodeVideos:
-    """Videos of the tracked episodes of `tracker.env`, written to `folder` as `<name(row)>_<outcome>.mp4`."""
+    """Videos of the tracked episodes of `tracker.env`, written to `folder` as `<name(row)>_<outcome>.mp4`
+    (`name` is asked at the start of each round)."""
 
     def __init__(
         self, tracker: EvalEpisodes, folder: Path, name: Callable[[int], str], fps: int = 10
@@ -27,14 +28,17 @@ class EpisodeVideos:
         tracker.env.record_step_frames(True)
         self.tracker, self.folder, self.name, self.fps = tracker, Path(folder), name, fps
         self.frames: dict[int, list[np.ndarray]] = {}
+        self.names: dict[int, str] = {}
         self.written: dict[int, str] = {}  # env row -> the video of its episode that ended in the last chunk
 
     def start_round(self, obs: Obs) -> None:
         """The reset frame of every tracked env (call after the tracker's start of a round)."""
+        rows = [int(i) for i in np.flatnonzero(self.tracker.tracked)]
         self.frames = {
-            int(i): [annotate(obs["main_images"][i].numpy(), obs["task_descriptions"][i], False, "running")]
-            for i in np.flatnonzero(self.tracker.tracked)
+            i: [annotate(obs["main_images"][i].numpy(), obs["task_descriptions"][i], False, "running")]
+            for i in rows
         }
+        self.names = {i: self.name(i) for i in rows}  # now: the tracker moves on to the next round's ids
 
     def add(self, infos: dict, tracked: np.ndarray) -> dict[int, str]:
         """The frames of one chunk for the envs `tracked` before it; writes the episodes that ended and returns
@@ -58,7 +62,7 @@ class EpisodeVideos:
                     annotate(infos["frames"][i, c].numpy(), text, bool(infos["success"][i, c]), status)
                 )
             if done[i]:
-                path = self.folder / f"{self.name(int(i))}_{'success' if success_once else 'fail'}.mp4"
+                path = self.folder / f"{self.names[int(i)]}_{'success' if success_once else 'fail'}.mp4"
                 write_mp4(path, frames, self.fps)
                 self.written[int(i)] = str(path)
                 del self.frames[int(i)]

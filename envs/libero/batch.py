@@ -9,7 +9,7 @@ import torch
 
 from envs.base import EnvBatch, EnvSpec, Obs
 from envs.libero.config import MAX_EPISODE_STEPS, LiberoConfig
-from envs.libero.convert import ACTION_DIM, STATE_DIM
+from envs.libero.convert import ACTION_DIM, STATE_DIM, gripper_from_opening
 from envs.libero.offline import RENDER_HELP, LiberoSetupError, is_render_error, load_libero
 from envs.libero.sim import LiberoSim
 from envs.libero.tasks import load_task
@@ -20,7 +20,7 @@ def libero_spec(config: LiberoConfig) -> EnvSpec:
     num_initial_states = min(len(load_task(config.suite, t).init_states) for t in config.selected_task_ids)
     return EnvSpec(
         action_dim=ACTION_DIM,
-        action_low=(-1.0,) * ACTION_DIM,
+        action_low=(-1.0,) * (ACTION_DIM - 1) + (0.0 if config.gripper == "opening" else -1.0,),
         action_high=(1.0,) * ACTION_DIM,
         state_dim=STATE_DIM,
         image_size=(config.image_size, config.image_size),
@@ -41,6 +41,7 @@ class LiberoBatch(EnvBatch):
         self.num_envs = len(env_ids)
         self.spec = libero_spec(config)
         self.tasks = [load_task(config.suite, config.task_of_env(i)) for i in env_ids]
+        self.gripper_opening = config.gripper == "opening"
         self.sims: list[LiberoSim] = []
         try:
             for task in self.tasks:
@@ -79,6 +80,8 @@ class LiberoBatch(EnvBatch):
     ) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray]:
         m = self.num_envs
         reward, success = np.zeros(m, np.float32), np.zeros(m, bool)
+        if self.gripper_opening:
+            actions = gripper_from_opening(actions)
         actions_np = actions.detach().cpu().to(torch.float64).numpy()
         for i in np.flatnonzero(active).tolist():
             self._rows[i], reward[i], success[i] = self.sims[i].step(actions_np[i])

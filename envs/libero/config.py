@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from algorithms.schema import ConfigError, param
 from envs.base import EnvConfig
@@ -40,6 +41,11 @@ class LiberoConfig(EnvConfig):
     )
     shadows: bool = param(
         False, help="lights cast shadows; LIBERO's scenes have none (as in its datasets); costly on CPU"
+    )
+    gripper: Literal["libero", "opening"] = param(
+        "libero",
+        help="the gripper entry of the actions: libero = -1 open / +1 close; opening = an opening in [0, 1] "
+        "(1 = open, OpenVLA / OpenVLA-OFT LIBERO checkpoints), converted and binarised as their evaluations do",
     )
     settle_steps: int = param(
         10, help="no-op steps (gripper open) after each reset so objects come to rest; not counted", ge=0
@@ -84,7 +90,9 @@ class LiberoConfig(EnvConfig):
         """Envs `start .. start + count - 1` on their own, each keeping its task: the tasks of their groups, in
         turn from the first one (so `sliced.task_of_env(i) == self.task_of_env(start + i)`)."""
         if start % self.group_size or count % self.group_size:
-            raise ValueError(f"a slice of envs must hold whole groups of {self.group_size}, not {start}+{count}")
+            raise ValueError(
+                f"a slice of envs must hold whole groups of {self.group_size}, not {start}+{count}"
+            )
         tasks, first_group = self.selected_task_ids, start // self.group_size
         groups = min(count // self.group_size, len(tasks))
         turn = tuple(tasks[(first_group + g) % len(tasks)] for g in range(groups))

@@ -72,10 +72,32 @@ class LiberoSim:
                 raise RuntimeError(f"robosuite samples {name} and {_PHASE_REFERENCE} at different rates")
         if config.shadows:
             self.env.sim.model.light_castshadow[:] = 1
+        self._release_context()  # robosuite left it current in this thread
 
     def _make_current(self) -> None:
         """Make this scene's OpenGL context current (robosuite renders into whichever context is current)."""
         self.env.sim._render_context_offscreen.gl_ctx.make_current()
+
+    def _release_context(self) -> None:
+        """Release this scene's EGL context from the calling thread: an EGL context is current in one thread at
+        a time, and the methods of a threaded caller (a Ray actor with max_concurrency > 1) run in any thread
+        of its pool, so the next call may come from another thread."""
+        from robosuite.renderers.context import egl_context
+
+        if isinstance(self.env.sim._render_context_offscreen.gl_ctx, egl_context.EGLGLContext):
+            egl = egl_context.EGL
+            egl.eglMakeCurrent(
+                egl_context.EGL_DISPLAY, egl.EGL_NO_SURFACE, egl.EGL_NO_SURFACE, egl.EGL_NO_CONTEXT
+            )
+
+    @contextlib.contextmanager
+    def _context(self):
+        """This scene's OpenGL context, current in the calling thread while the block runs."""
+        self._make_current()
+        try:
+            yield
+        finally:
+            self._release_context()
 
     def _cameras_off(self) -> None:
         for name in self._camera_observables:
@@ -99,25 +121,25 @@ class LiberoSim:
                 f"{self.task.suite} task {self.task.task_id} has initial states 0..{len(init_states) - 1}, "
                 f"not {init_state_id}"
             )
-        self._make_current()
-        self._cameras_off()
-        with seeded_numpy_global_rng(init_state_id):
-            self.env.reset()
-        for robot in self.env.robots:  # a hard reset rebuilds the gripper model, and with it this ramp
-            robot.gripper.current_action = np.zeros(robot.gripper.dof)
-        if self.settle_steps == 0:
-            self._cameras_on_in_phase()
-        raw = self.env.set_init_state(init_states[init_state_id])
-        for k in range(self.settle_steps):
-            if k == self.settle_steps - 1:
+        with self._context():
+            self._cameras_off()
+            with seeded_numpy_global_rng(init_state_id):
+                self.env.reset()
+            for robot in self.env.robots:  # a hard reset rebuilds the gripper model, and with it this ramp
+                robot.gripper.current_action = np.zeros(robot.gripper.dof)
+            if self.settle_steps == 0:
                 self._cameras_on_in_phase()
-            raw, *_ = self.env.step(NO_OP_ACTION)
+            raw = self.env.set_init_state(init_states[init_state_id])
+            for k in range(self.settle_steps):
+                if k == self.settle_steps - 1:
+                    self._cameras_on_in_phase()
+                raw, *_ = self.env.step(NO_OP_ACTION)
         return self.row(raw)
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool]:
         """One policy step (`action` [7], float64); returns the row obs, LIBERO's reward and its success flag."""
-        self._make_current()
-        raw, reward, success, _ = self.env.step(action)
+        with self._context():
+            raw, reward, success, _ = self.env.step(action)
         return self.row(raw), float(reward), bool(success)
 
     def row(self, raw: dict) -> dict[str, np.ndarray]:
