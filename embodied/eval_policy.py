@@ -50,8 +50,9 @@ def _output_root(config) -> Path:
 
 
 def prepare(argv: list[str]):
-    """Config, config tree, policy source and the task passes of an evaluation, everything checked before any
-    worker starts; raises ConfigError or CheckpointError."""
+    """The config, config tree and policy source of an evaluation, everything checked before Ray or any
+    worker starts (the checkpoint against the policy config, the task passes); raises ConfigError or
+    CheckpointError."""
     from algorithms.schema import ConfigError
     from embodied.compose import load_config
     from embodied.eval_checkpoint import check_policy_matches, resolve_checkpoint

@@ -284,7 +284,7 @@ def test_evaluate_a_checkpoint_written_by_a_short_maniskill_training(tmp_path):
         "policy.feature_dim=16",
         "policy.head_hidden=16",
         "logger.wandb.mode=disabled",
-        "cluster=collocated",
+        "cluster.startup_timeout_s=900",  # creating rgb ManiSkill envs on a busy 2-core machine takes minutes
     ]
     config, tree = load_config("maniskill_ppo_pushcube_rgb", training)
     train(config, tree)
