@@ -188,6 +188,8 @@ class Components:
         groups = [g for g in (self.env, self.rollout, self.actor) if g is not None]
         try:
             self.env.close().wait()
+        except WorkerError:
+            pass  # an env worker that failed or died: killing it below ends its simulators too
         finally:
             for group in groups:
                 group.kill()

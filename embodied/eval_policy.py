@@ -167,17 +167,19 @@ def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dic
         (out_dir / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
         print(f"eval folder: {out_dir}\npolicy: {source.describe()}", flush=True)
         logger = MetricLogger(out_dir, config.logger, tree, f"{config.run.name}-eval")
-        episodes = _run_passes(
-            cluster, config, source, passes, out_dir / "videos" if config.eval.video else None
-        )
-        meta = {
-            "config": config.run.name,
-            "checkpoint": source.describe(),
-            "env": f"{config.env.name} (tasks {list(config.env.selected_task_ids)})",
-            "episodes per task": config.eval.num_episodes,
-            "initial states": f"{config.eval.first_initial_state} .. "
-            f"{config.eval.first_initial_state + config.eval.num_episodes - 1}",
-        }
+        episodes: list[dict] = []
+        meta = _meta(config, source)
+        try:
+            _run_passes(
+                cluster, config, source, passes, out_dir / "videos" if config.eval.video else None, episodes
+            )
+        except BaseException:  # a failed or interrupted pass: the finished passes are not lost
+            if episodes:
+                write_report(
+                    out_dir, episodes, {**meta, "incomplete": "stopped early; the finished passes only"}
+                )
+                print(f"partial report of {len(episodes)} episodes: {out_dir}", file=sys.stderr, flush=True)
+            raise
         table, metrics = write_report(out_dir, episodes, meta)
         print("\n" + table + f"\nreport: {out_dir}", flush=True)
         logger.log(metrics, step=source.env_steps)
@@ -191,13 +193,27 @@ def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dic
             logger.close()
 
 
-def _run_passes(cluster, config, source: PolicySource, passes: list, video_dir: Path | None) -> list[dict]:
-    """Each pass: fresh env and rollout workers for its tasks, the weights loaded, the episodes run."""
+def _meta(config, source: PolicySource) -> dict[str, str | int]:
+    """What was evaluated, for the report's heading and JSON."""
+    first = config.eval.first_initial_state
+    return {
+        "config": config.run.name,
+        "checkpoint": source.describe(),
+        "env": f"{config.env.name} (tasks {list(config.env.selected_task_ids)})",
+        "episodes per task": config.eval.num_episodes,
+        "initial states": f"{first} .. {first + config.eval.num_episodes - 1}",
+    }
+
+
+def _run_passes(
+    cluster, config, source: PolicySource, passes: list, video_dir: Path | None, episodes: list[dict]
+) -> None:
+    """Each pass: fresh env and rollout workers for its tasks, the weights loaded, the episodes run (appended
+    to `episodes` pass by pass)."""
     from embodied.components import Components
 
     total = sum(len(p.selected_task_ids) for p in passes) * config.eval.num_episodes
     progress = EvalProgress(total, config.logger.console)
-    episodes: list[dict] = []
     try:
         for i, env in enumerate(passes):
             if len(passes) > 1:
@@ -217,7 +233,6 @@ def _run_passes(cluster, config, source: PolicySource, passes: list, video_dir: 
                 workers.close()
     finally:
         progress.close()
-    return episodes
 
 
 def _check_env(spec, eval_config, source: PolicySource) -> None:

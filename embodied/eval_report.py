@@ -112,25 +112,22 @@ def plot_success(rows: Sequence[TaskResult], overall: TaskResult, path: Path, ti
     import matplotlib.pyplot as plt
 
     labels = [_short(f"{r.task_id}: {r.instruction}", 60) for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.3 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, max(2.5, 1.2 + 0.3 * len(rows))))
     try:
         y = np.arange(len(rows))
         bars = ax.barh(y, [r.success for r in rows], color="#3a7bd5")
         for bar, r in zip(bars, rows):
+            middle = bar.get_y() + bar.get_height() / 2
             ax.text(
-                min(bar.get_width() + 0.01, 0.93),
-                bar.get_y() + bar.get_height() / 2,
-                f"{r.success:.2f} (n={r.episodes})",
-                va="center",
-                fontsize=8,
+                bar.get_width() + 0.01, middle, f"{r.success:.2f} (n={r.episodes})", va="center", fontsize=8
             )
-        ax.axvline(overall.success, color="#d53a3a", linestyle="--", label=f"all: {overall.success:.3f}")
+        ax.axvline(overall.success, color="#d53a3a", linestyle="--")
         ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("success rate (success_once)")
-        ax.set_title(title, fontsize=10)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlim(0, 1.18)  # room for the labels of full bars
+        ax.set_xticks(np.linspace(0, 1, 6))
+        ax.set_xlabel("success rate (success_once); dashed: all episodes")
+        ax.set_title(f"{title}: {overall.success:.3f} over {overall.episodes} episodes", fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
     finally:

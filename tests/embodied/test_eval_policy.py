@@ -302,13 +302,14 @@ def test_evaluate_a_checkpoint_written_by_a_short_maniskill_training(tmp_path):
 
 
 @pytest.mark.sim
-def test_evaluate_a_fresh_tiny_policy_on_one_libero_task(tmp_path):
+def test_evaluate_a_fresh_tiny_policy_on_two_libero_tasks_in_two_passes(tmp_path, capsys):
     args = [
         "eval_libero",
         "ckpt=none",
         f"run.output_dir={tmp_path}",
-        "env.task_ids=[4]",
+        "env.task_ids=[4,7]",
         "env.num_envs=2",
+        "eval.tasks_per_pass=1",  # one task per pass, each on fresh workers with 2 envs (one per env worker)
         "env.image_size=32",
         "env.max_episode_steps=3",
         "eval.num_episodes=2",
@@ -317,18 +318,12 @@ def test_evaluate_a_fresh_tiny_policy_on_one_libero_task(tmp_path):
         "logger.console=plain",
     ]
     assert main(args) == 0
-    record = check_evaluation(the_eval_folder(tmp_path), tasks=1, episodes_per_task=2)
-    (task,) = record["tasks"]
-    assert task["task_id"] == 4 and task["instruction"]
-    assert sorted(e["initial_state_id"] for e in record["episodes"]) == [0, 1]
+    out = capsys.readouterr().out
+    assert "pass 1/2: tasks [4]" in out and "pass 2/2: tasks [7]" in out
+    record = check_evaluation(the_eval_folder(tmp_path), tasks=2, episodes_per_task=2)
+    assert [t["task_id"] for t in record["tasks"]] == [4, 7]
+    assert record["tasks"][0]["instruction"] != record["tasks"][1]["instruction"]
+    for task in (4, 7):
+        states = sorted(e["initial_state_id"] for e in record["episodes"] if e["task_id"] == task)
+        assert states == [0, 1]
     assert all(e["episode_len"] == 3 for e in record["episodes"])  # a random tiny policy does not succeed
-
-
-def test_libero_gripper_opening_convention_bounds_the_spec_and_converts_actions():
-    from envs.libero.batch import libero_spec
-    from envs.libero.convert import gripper_from_opening
-
-    assert libero_spec(libero_config(gripper="opening")).action_low == (-1.0,) * 6 + (0.0,)
-    assert libero_spec(libero_config()).action_low == (-1.0,) * 7
-    opening = torch.tensor([[0.1] * 6 + [1.0], [0.1] * 6 + [0.2]])
-    assert gripper_from_opening(opening)[:, 6].tolist() == [-1.0, 1.0]  # open -> -1, mostly closed -> +1
