@@ -12,6 +12,7 @@ Three kinds of folders hold OpenVLA weights:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -46,10 +47,11 @@ def fresh_checkpoint_config(config: OpenVLAConfig, env_spec: EnvSpec) -> OpenVLA
     size = config.image_size or DEFAULT_IMAGE_SIZE[config.architecture]
     if config.architecture == "openvla-7b":
         return openvla_7b_checkpoint_config(size, {"env": stats})
-    text_vocab = ByteTokenizer.vocab_size + 256  # bytes, then the 256 action tokens
-    return tiny_checkpoint_config(
+    text_vocab = ByteTokenizer.vocab_size + config.action_bins  # bytes, then the action tokens
+    tiny = tiny_checkpoint_config(
         size, vocab_size=text_vocab + 64, pad_token_id=text_vocab, norm_stats={"env": stats}
     )
+    return dataclasses.replace(tiny, n_action_bins=config.action_bins)
 
 
 def resolve_architecture(

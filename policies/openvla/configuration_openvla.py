@@ -151,6 +151,9 @@ def tiny_checkpoint_config(
             num_key_value_heads=4,
             max_position_embeddings=512,
             pad_token_id=pad_token_id,
+            # 1/sqrt(width), not Llama's 0.02 (made for widths in the thousands): at 0.02 a 64-wide model starts
+            # with uniform attention and learns to pick out the image and state tokens far too slowly.
+            initializer_range=64**-0.5,
         ),  # fmt: skip
         timm_model_ids=["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
         image_sizes=[image_size, image_size],
@@ -205,6 +208,11 @@ class OpenVLAConfig(PolicyConfig):
         None, help="dataset key of the checkpoint's norm_stats; null: the only one"
     )
     num_action_chunks: int = param(1, help="action chunk length C: C x A tokens per prediction", ge=1)
+    action_bins: int = param(
+        256,
+        help="action tokens of a model built from scratch (256 as released; a checkpoint brings its own count)",
+        ge=3,
+    )
     temperature: float = param(1.0, help="sampling temperature of the action tokens (train mode)", gt=0.0)
     top_k: int = param(0, help="sample among the k most likely bins; 0: all bins", ge=0)
     add_value_head: bool = param(True, help="add a value head (PPO); false for critic-free algorithms")
@@ -223,12 +231,18 @@ class OpenVLAConfig(PolicyConfig):
     )
     tokenizer: str = param(
         "auto",
-        help="auto: the checkpoint's tokenizer if it has one, else builtin; builtin; or a tokenizer path",
+        help="auto: the checkpoint's tokenizer if it has one, else builtin; builtin (bytes); word (one id per "
+        "word, tiny models); or a tokenizer path",
     )
     lora: LoraConfig = param(factory=LoraConfig, help="LoRA adapters (rank 0: full fine-tuning)")
     gradient_checkpointing: bool = param(False, help="recompute activations in backward to save memory")
 
     def check(self) -> None:
+        if self.architecture == "openvla-7b" and self.action_bins != 256:
+            raise ConfigError(
+                f"{{section}}action_bins={self.action_bins}: the openvla-7b architecture has 256 action bins; "
+                "other counts are for the tiny architecture"
+            )
         if self.image_size is not None and self.image_size % 14:
             raise ConfigError(
                 f"{{section}}image_size={self.image_size} must be a multiple of the patch size 14"

@@ -75,12 +75,19 @@ class OpenVLAModel(nn.Module):
         return self.language_model.get_input_embeddings()(ids)
 
     def embed_prefix(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings [B, 1 + P + T - 1, H] with the projected patches right after the first token, and the
-        matching attention mask [B, 1 + P + T - 1]."""
+        """Embeddings [B, 1 + P + E + T - 1, H] with the projected patches right after the first token, followed
+        by the `extra` embeddings [B, E, H] when given (OpenVLA-OFT's proprio token), and the matching
+        attention mask."""
         dtype = self.projector.fc1.weight.dtype
         patches = self.projector(self.vision_backbone(pixel_values.to(dtype)))
+        if extra is not None:
+            patches = torch.cat([patches, extra.to(patches.dtype)], dim=1)
         text = self.embed_tokens(input_ids)
         embeds = torch.cat([text[:, :1], patches.to(text.dtype), text[:, 1:]], dim=1)
         ones = attention_mask.new_ones(patches.shape[:2])

@@ -50,12 +50,17 @@ from policies.openvla.processing_openvla import (
     ByteTokenizer,
     OpenVLAProcessor,
     PromptEncoder,
+    ProprioNormalizer,
+    WordTokenizer,
     image_transform_for,
     load_tokenizer,
 )
 from policies.openvla.sampling import action_log_probs, entropy, gather_log_probs, sample_bins
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Modules beside the released network, saved under their own names; a checkpoint without them leaves them fresh.
+HEADS = ("value_head", "proprio_projector")
+HEAD_PREFIXES = tuple(name + "." for name in HEADS)
 MAX_SHARD_BYTES = 5 * 2**30
 
 
@@ -83,6 +88,7 @@ class OpenVLAPolicyBase(Policy):
             if config.add_value_head
             else None
         )
+        self.proprio_projector = self.build_proprio_projector()
         self.processor = self._build_processor(ckpt)
         if not meta_device:
             self._finish_setup()
@@ -90,7 +96,7 @@ class OpenVLAPolicyBase(Policy):
     def _build_processor(self, ckpt: OpenVLACheckpointConfig) -> OpenVLAProcessor:
         config = self.config
         tokenizer = load_tokenizer(config.tokenizer, self.source_dir)
-        if isinstance(tokenizer, ByteTokenizer) and tokenizer.vocab_size > self.action_start:
+        if isinstance(tokenizer, (ByteTokenizer, WordTokenizer)) and tokenizer.vocab_size > self.action_start:
             raise ValueError(f"the built-in tokenizer's {tokenizer.vocab_size} ids overlap the action tokens from "
                              f"{self.action_start}; this checkpoint needs its own tokenizer (policy.tokenizer)")  # fmt: skip
         key, stats = ckpt.action_stats(config.unnorm_key)
@@ -103,7 +109,17 @@ class OpenVLAPolicyBase(Policy):
         images = image_transform_for(ckpt.timm_model_ids[:num_towers], ckpt.image_sizes[0], self.source_dir)
         bins = ActionBins(ckpt.n_action_bins, stats["q01"], stats["q99"], stats["mask"])
         prompts = PromptEncoder(tokenizer, ckpt.pad_token_id, config.max_prompt_length)
-        return OpenVLAProcessor(prompts, images, bins)
+        proprio = None
+        if self.proprio_projector is not None:
+            proprio_stats = ckpt.norm_stats[key].get("proprio") or {}
+            proprio = ProprioNormalizer(
+                self.env_spec.state_dim, proprio_stats.get("q01"), proprio_stats.get("q99")
+            )
+        return OpenVLAProcessor(prompts, images, bins, proprio)
+
+    def build_proprio_projector(self) -> nn.Module | None:
+        """The module that turns `inputs["proprio"]` into extra prefix embeddings; none for OpenVLA."""
+        return None
 
     def _finish_setup(self) -> None:
         """Weight dtype, LoRA and gradient checkpointing, once the weights are final."""
@@ -126,7 +142,8 @@ class OpenVLAPolicyBase(Policy):
         return policy
 
     def load_weights(self, directory) -> None:
-        """Load a checkpoint strictly; the value head may be absent (released checkpoints have none).
+        """Load a checkpoint strictly; the value head and the proprio projector may be absent (released OpenVLA
+        checkpoints have neither; OpenVLA-OFT ships its proprio projector in a separate file) and then stay fresh.
 
         Released and `save_pretrained` checkpoints name tensors as the released model does; runtime checkpoints
         (`policies.base.write_pretrained`) use this policy's own names, with LoRA adapters when it had them.
@@ -144,12 +161,13 @@ class OpenVLAPolicyBase(Policy):
         if runtime_layout:
             state = fold_lora(state, saved_lora_config(directory, self.config.lora))
             state = {k.removeprefix("model."): v for k, v in state.items()}
-        value_state = {k: v for k, v in state.items() if k.startswith("value_head.")}
-        model_state = {k: v for k, v in state.items() if not k.startswith("value_head.")}
+        model_state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
         on_meta = any(p.is_meta for p in self.model.parameters())  # from_config: take the tensors, else copy
         load_state_dict_strict(self.model, model_state, source=source, assign=on_meta)
-        if self.value_head is not None and value_state:
-            load_state_dict_strict(nn.ModuleDict({"value_head": self.value_head}), value_state, source=source)
+        for name in HEADS:
+            head_state = {k: v for k, v in state.items() if k.startswith(name + ".")}
+            if getattr(self, name) is not None and head_state:
+                load_state_dict_strict(nn.ModuleDict({name: getattr(self, name)}), head_state, source=source)
         rotary = self.model.language_model.model.rotary_emb
         if rotary.inv_freq.is_meta:  # a non-persistent buffer: not in checkpoints, recomputed
             self.model.language_model.model.rotary_emb = type(rotary)(config=self.model.language_model.config)
@@ -168,7 +186,7 @@ class OpenVLAPolicyBase(Policy):
         released names (LoRA folded in), plus the value head and the checkpoint's tokenizer/preprocessor files."""
         state = merged_state_dict(self)
         out = {
-            k.removeprefix("model."): v for k, v in state.items() if k.startswith(("model.", "value_head."))
+            k.removeprefix("model."): v for k, v in state.items() if k.startswith(("model.", *HEAD_PREFIXES))
         }
         write_state_dict(directory, out, MAX_SHARD_BYTES)
         meta = {
@@ -197,12 +215,19 @@ class OpenVLAPolicyBase(Policy):
         values = self.value_head(prompt_hidden)
         return values.squeeze(-1) if self.config.value_granularity == "chunk" else values
 
+    def embed_prefix(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefix embeddings and mask (`OpenVLAModel.embed_prefix`), with the proprio token when there is one."""
+        extra = None
+        if self.proprio_projector is not None:
+            extra = self.proprio_projector(inputs["proprio"])[:, None]
+        return self.model.embed_prefix(
+            inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], extra=extra
+        )
+
     def score_window(self, inputs: dict[str, torch.Tensor], continuation: torch.Tensor) -> torch.Tensor:
         """Final hidden states [B, C*A, H] of the last prompt position and the C*A - 1 after it, for the prompt
         and image in `inputs` followed by the embeddings `continuation` [B, K, H]."""
-        embeds, mask = self.model.embed_prefix(
-            inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
-        )
+        embeds, mask = self.embed_prefix(inputs)
         prompt_end = embeds.shape[1]
         embeds = torch.cat([embeds, continuation.to(embeds.dtype)], dim=1)
         mask = torch.cat([mask, mask.new_ones(continuation.shape[:2])], dim=1)
@@ -263,9 +288,7 @@ class OpenVLAPolicy(OpenVLAPolicyBase):
         return self.model.embed_tokens(bins[:, :-1] + self.action_start)
 
     def decode_actions(self, inputs: dict[str, torch.Tensor], greedy: bool):
-        embeds, mask = self.model.embed_prefix(
-            inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"]
-        )
+        embeds, mask = self.embed_prefix(inputs)
         cache = new_cache(self.model)
         positions = positions_from_mask(mask)
         hidden = self.model.decode(embeds, mask, positions, cache=cache)[:, -1]

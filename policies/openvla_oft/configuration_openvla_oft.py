@@ -19,3 +19,8 @@ class OpenVLAOFTConfig(OpenVLAConfig):
     attention: Literal["bidirectional", "causal"] = param(
         "bidirectional", help="attention of the parallel pass: bidirectional (as OFT trains it) or causal"
     )
+    use_proprio: bool = param(
+        False,
+        help="feed the env's state (obs states) as one token after the image patches, through OFT's proprio "
+        "projector (normalised with the checkpoint's proprio q01/q99 when it has them)",
+    )

@@ -5,7 +5,8 @@ embeddings are zero (OFT's "empty action embeddings"). With OFT's bidirectional 
 every non-padding position. Action token k is read, as in OpenVLA, from the position before its slot (the
 last prompt position for the first token), so the scoring window is the same as OpenVLA's; each token is
 sampled independently from its own distribution (temperature, top-k). The value head reads the last prompt
-position. Processing (prompt, images, bins) is OpenVLA's (`policies/openvla/processing_openvla.py`).
+position. With `use_proprio`, the env state goes through OFT's proprio projector (Linear -> GELU -> Linear to the
+language model's width) and enters as one more embedding right after the image patches, as in OFT. Processing (prompt, images, bins) is OpenVLA's (`policies/openvla/processing_openvla.py`).
 
 Rollout and `evaluate` run the very same pass (the slots do not depend on the sampled tokens), so the
 log-probs they compute agree to floating-point noise.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from policies.base import register_policy
 from policies.openvla.policy import OpenVLAPolicyBase
@@ -23,9 +25,31 @@ from policies.openvla.sampling import gather_log_probs, sample_bins
 from policies.openvla_oft.configuration_openvla_oft import OpenVLAOFTConfig
 
 
+class ProprioProjector(nn.Module):
+    """OFT's proprio projector: state [B, D] -> one embedding [B, H] (fc1 -> GELU -> fc2, OFT's names)."""
+
+    def __init__(self, state_dim: int, hidden_size: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(state_dim, hidden_size)
+        self.act_fn1 = nn.GELU()
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, proprio: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act_fn1(self.fc1(proprio.to(self.fc1.weight.dtype))))
+
+
 @register_policy("openvla_oft")
 class OpenVLAOFTPolicy(OpenVLAPolicyBase):
     config_class: ClassVar[type[OpenVLAOFTConfig]] = OpenVLAOFTConfig
+
+    def build_proprio_projector(self) -> nn.Module | None:
+        if not self.config.use_proprio:
+            return None
+        if self.env_spec.state_dim < 1:
+            raise ValueError(
+                "policy.use_proprio needs an env with states (env_spec.state_dim is 0); turn it off"
+            )
+        return ProprioProjector(self.env_spec.state_dim, self.model.hidden_size)
 
     @property
     def attention_is_causal(self) -> bool:

@@ -68,7 +68,7 @@ def test_checkpoint_tokenizer_is_used_when_present_and_gets_the_trailing_space_t
     ids = tok.encode(openvla_prompt("x"))
     assert ids[:3] == [1, 4, 5] and ids[-1] == 3  # BOS ... and the "▁" OpenVLA appends after "Out:"
     assert isinstance(load_tokenizer("builtin", str(tmp_path)), ByteTokenizer)
-    with pytest.raises(FileNotFoundError, match="auto, builtin or a tokenizer folder"):
+    with pytest.raises(FileNotFoundError, match="auto, builtin, word or a tokenizer folder"):
         load_tokenizer(str(tmp_path / "missing"), None)
 
 
