@@ -156,6 +156,16 @@ def test_task_passes_hold_the_envs_of_their_tasks():
     assert single.selected_task_ids == (2, 5) and single.num_envs == 10
 
 
+def test_libero_gripper_opening_convention_bounds_the_spec_and_converts_actions():
+    from envs.libero.batch import libero_spec
+    from envs.libero.convert import gripper_from_opening
+
+    assert libero_spec(libero_config(gripper="opening")).action_low == (-1.0,) * 6 + (0.0,)
+    assert libero_spec(libero_config()).action_low == (-1.0,) * 7
+    opening = torch.tensor([[0.1] * 6 + [1.0], [0.1] * 6 + [0.2]])
+    assert gripper_from_opening(opening)[:, 6].tolist() == [-1.0, 1.0]  # open -> -1, mostly closed -> +1
+
+
 # -- checkpoints -------------------------------------------------------------------------------------------------
 def mlp_config(hidden: list[int]) -> PolicyConfig:
     return PolicyConfig.from_dict({"name": "mlp", "hidden_sizes": hidden}, path="policy")
