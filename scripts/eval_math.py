@@ -1,9 +1,10 @@
-"""Greedy accuracy of a causal LM on a math data file, in one process (no Ray): a run's checkpoint or a Hugging
+"""Greedy (and, with --samples, sampled) accuracy of a causal LM on a math data file, in one process (no Ray): a run's checkpoint or a Hugging
 Face model folder, on held-out problems (the runner's periodic eval uses the training file's first problems).
 
     python scripts/eval_math.py runs/math_grpo/<time>/checkpoints/iter_000400     # a training checkpoint
     python scripts/eval_math.py policies/causal_lm/pretrained/arithmetic_char_llama  # a model folder
     python scripts/eval_math.py CKPT --data-file my_test.jsonl --num-problems 500
+    python scripts/eval_math.py CKPT --samples 4      # + accuracy of 4 sampled answers a problem (train reward)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 from envs.math import load_problems, math_env_spec
 from envs.math.config import SHIPPED_DATA
 from policies import PolicyConfig, make_policy
-from policies.causal_lm.sft import greedy_accuracy
+from policies.causal_lm.sft import answer_accuracy
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,6 +35,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--max-prompt-tokens", type=int, default=24, help="for a model folder (a checkpoint knows)"
     )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="also report the accuracy of this many sampled responses per problem (the policy's temperature, "
+        "top-k, top-p, as in training: the expected training reward); 0: greedy only",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled responses")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args()
 
@@ -69,17 +78,15 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     problems = load_problems(args.data_file)[: args.num_problems]
-    accuracy = greedy_accuracy(load_policy(args).eval(), problems)
-    print(
-        json.dumps(
-            {
-                "model": str(args.model),
-                "data_file": str(args.data_file),
-                "problems": len(problems),
-                "greedy_accuracy": round(accuracy, 4),
-            }
-        )
-    )
+    policy = load_policy(args).eval()
+    result = {"model": str(args.model), "data_file": str(args.data_file), "problems": len(problems)}
+    result["greedy_accuracy"] = round(answer_accuracy(policy, problems), 4)
+    if args.samples:
+        torch.manual_seed(args.seed)
+        accuracy = answer_accuracy(policy, problems, sampled=True, repeats=args.samples)
+        result["sampled_accuracy"] = round(accuracy, 4)
+        result["samples_per_problem"] = args.samples
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

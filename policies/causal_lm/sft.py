@@ -51,14 +51,25 @@ def sft_loss(policy: CausalLMPolicy, inputs: dict[str, torch.Tensor]) -> torch.T
 
 def greedy_accuracy(policy: CausalLMPolicy, problems: Sequence, batch_size: int = 128) -> float:
     """Share of `problems` (with .prompt and .answer) whose greedy response the math reward accepts."""
+    return answer_accuracy(policy, problems, batch_size=batch_size)
+
+
+def answer_accuracy(
+    policy: CausalLMPolicy, problems: Sequence, sampled: bool = False, repeats: int = 1, batch_size: int = 128
+) -> float:
+    """Share of responses to `problems` that the math reward accepts: greedy ones, or (`sampled`) `repeats`
+    responses per problem sampled as in training (the policy's temperature, top-k, top-p): the expected
+    training reward."""
     from algorithms.math_reward import is_correct
 
     correct = 0
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
-        actions = policy.predict({"task_descriptions": [p.prompt for p in chunk]}, mode="eval").actions[:, 0]
-        texts = policy.tokenizer.batch_decode(
-            [[int(t) for t in row if t >= 0] for row in actions], skip_special_tokens=True
-        )
-        correct += sum(is_correct(text, p.answer) for text, p in zip(texts, chunk))
-    return correct / max(len(problems), 1)
+    for _ in range(repeats if sampled else 1):
+        for start in range(0, len(problems), batch_size):
+            chunk = problems[start : start + batch_size]
+            obs = {"task_descriptions": [p.prompt for p in chunk]}
+            actions = policy.predict(obs, mode="train" if sampled else "eval").actions[:, 0]
+            texts = policy.tokenizer.batch_decode(
+                [[int(t) for t in row if t >= 0] for row in actions], skip_special_tokens=True
+            )
+            correct += sum(is_correct(text, p.answer) for text, p in zip(texts, chunk))
+    return correct / max(len(problems) * (repeats if sampled else 1), 1)
