@@ -66,7 +66,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     if args.deadline is not None:
         by_time.axvline(args.deadline, color="red", linestyle=":", linewidth=1)
-    by_time.legend(loc="lower right", fontsize=8)
+    by_steps.legend(loc="upper left", fontsize=8)
     fig.suptitle(args.title)
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
