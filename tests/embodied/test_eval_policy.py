@@ -324,6 +324,7 @@ def test_evaluate_a_fresh_tiny_policy_on_two_libero_tasks_in_two_passes(tmp_path
         "env.max_episode_steps=3",
         "eval.num_episodes=2",
         "policy.num_action_chunks=2",  # episodes of 3 steps: a chunk of 2, then 1 step of the next
+        "env.gripper=opening",  # the policy's gripper in [0, 1] (as OpenVLA's), converted by the env
         "logger.wandb.mode=disabled",
         "logger.console=plain",
     ]
