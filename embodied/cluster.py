@@ -86,12 +86,16 @@ class Cluster:
             kwargs["address"] = config.address
         try:
             ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"join the Ray cluster at {config.address}" if config.address else "start Ray in-process"
-            raise ClusterError(
-                f"could not {where}: {exc}\nIs `ray start --head` running there (cluster.address), and the same "
-                "Ray and Python versions as here?"
-            ) from exc
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+            if config.address:
+                hint = "Is `ray start --head` running there, with the same Ray and Python versions as here?"
+                raise ClusterError(
+                    f"could not join the Ray cluster at {config.address}: {exc}\n{hint}"
+                ) from exc
+            hint = (
+                "Ray's own processes did not come up; on an overloaded machine, try again when it is quieter."
+            )
+            raise ClusterError(f"could not start Ray in-process: {exc}\n{hint}") from exc
         self.started_ray = config.address is None
 
     # -- slots --------------------------------------------------------------------------------------------------
