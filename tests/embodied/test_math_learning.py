@@ -12,8 +12,9 @@ Measured on the 2-core machine shared with other runs:
   / 0.520, too close to a useful threshold, hence 160;
 - the full default run (400 iterations): 0.465 / 0.527 / 0.516 / 0.609 at iterations 10 / 30 / 100 / 150, then
   0.52-0.61 (0.582 at the end; held-out test file 0.365 -> 0.459).
-At the former actor.lr 2e-4 the same run fell to 0.20-0.34 by iterations 80-180. The threshold, initial + 0.05
-(0.503), is about half the measured rise (+0.09 for all three seeds) and well above a run that does not learn.
+At the former actor.lr 2e-4 the full run fell to 0.23-0.34 at iterations 80-180 and 0.17-0.33 after. The
+threshold, initial + 0.05 (0.503), is about half the measured rise (+0.09 for all three seeds) and well above a
+run that does not learn.
 """
 
 from __future__ import annotations
