@@ -6,7 +6,10 @@ every non-padding position. Action token k is read, as in OpenVLA, from the posi
 last prompt position for the first token), so the scoring window is the same as OpenVLA's; each token is
 sampled independently from its own distribution (temperature, top-k). The value head reads the last prompt
 position. With `use_proprio`, the env state goes through OFT's proprio projector (Linear -> GELU -> Linear to the
-language model's width) and enters as one more embedding right after the image patches, as in OFT. Processing (prompt, images, bins) is OpenVLA's (`policies/openvla/processing_openvla.py`).
+language model's width) and enters as one more embedding right after the image patches, as in OFT; a released OFT
+checkpoint keeps that projector in a separate `proprio_projector--<step>_checkpoint.pt`, read on load when the
+weights lack it (`released_files.py`). Processing (prompt, images, bins) is OpenVLA's
+(`policies/openvla/processing_openvla.py`).
 
 Rollout and `evaluate` run the very same pass (the slots do not depend on the sampled tokens), so the
 log-probs they compute agree to floating-point noise.
@@ -14,6 +17,7 @@ log-probs they compute agree to floating-point noise.
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 import torch
@@ -23,6 +27,14 @@ from policies.base import register_policy
 from policies.openvla.policy import OpenVLAPolicyBase
 from policies.openvla.sampling import gather_log_probs, sample_bins
 from policies.openvla_oft.configuration_openvla_oft import OpenVLAOFTConfig
+from policies.openvla_oft.released_files import (
+    checkpoint_has_module,
+    load_released_proprio_projector,
+    note_unused_action_head,
+    pick_released_file,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class ProprioProjector(nn.Module):
@@ -50,6 +62,24 @@ class OpenVLAOFTPolicy(OpenVLAPolicyBase):
                 "policy.use_proprio needs an env with states (env_spec.state_dim is 0); turn it off"
             )
         return ProprioProjector(self.env_spec.state_dim, self.model.hidden_size)
+
+    def load_weights(self, directory) -> None:
+        """OpenVLA's loading; then, when the weights lack the proprio projector, OFT's released
+        `proprio_projector--<step>_checkpoint.pt` beside them, or a warning that the projector starts untrained."""
+        super().load_weights(directory)
+        note_unused_action_head(directory)
+        if self.proprio_projector is None or checkpoint_has_module(directory, "proprio_projector"):
+            return
+        path = pick_released_file(directory, "proprio_projector", self.config.proprio_projector_step)
+        if path is None:
+            logger.warning(
+                "OpenVLA-OFT: %s has no proprio projector (neither in its weights nor as "
+                "proprio_projector--<step>_checkpoint.pt): the projector starts untrained; copy OFT's file there "
+                "if the checkpoint was fine-tuned with proprio",
+                directory,
+            )
+            return
+        load_released_proprio_projector(self.proprio_projector, path, self.env_spec.state_dim)
 
     @property
     def attention_is_causal(self) -> bool:
