@@ -8,6 +8,14 @@ position is only visible in the image. Numpy only, all envs in one process: thou
 Reward: 10 x the decrease of the distance to the named target per step (so heading straight there earns ~10 per
 unit of distance), plus 1 on success, which ends the episode. Initial-state ids are seeds: id s always
 gives the same targets, colours, instruction and cursor start.
+
+Two settings decide how much a policy must look. `layout: scatter` (the default) places targets and cursor
+anywhere; the cursor position (the state) and a sweeping habit already succeed often without the image.
+`layout: ring` starts the cursor at the centre with the K targets evenly spaced on a circle around it (random
+rotation and colours), and `wrong_target_fails: true` ends an episode as a failure (reward -1) when the cursor
+enters a target that is not the named one. Together they bound what a policy that ignores the image can reach
+at 1/K (it cannot know which target it will touch first) and what one that ignores the instruction can reach at
+1/K too: success above 1/K needs both.
 """
 
 from __future__ import annotations
@@ -40,6 +48,12 @@ class ColourTargetsConfig(EnvConfig):
     num_targets: int = param(
         3, help="coloured targets in each scene (distinct colours)", ge=1, le=len(PALETTE)
     )
+    num_colours: int = param(
+        len(PALETTE),
+        help="colours drawn from (the first of red, green, blue, yellow, magenta, cyan)",
+        ge=1,
+        le=len(PALETTE),
+    )
     image_size: int = param(64, help="height and width of main_images", ge=16, le=512)
     target_radius: float = param(
         0.1, help="radius of a target disc, in units of the image width", gt=0, le=0.2
@@ -51,22 +65,60 @@ class ColourTargetsConfig(EnvConfig):
     time_limit: int = param(
         40, help="the task's default episode length (max_episode_steps overrides it)", ge=1
     )
+    layout: str = param(
+        "scatter",
+        help="scatter: targets and cursor anywhere; ring: cursor at the centre, targets evenly on a circle",
+        choices=("scatter", "ring"),
+    )
+    ring_radius: float = param(0.3, help="layout ring: distance of the targets from the centre", gt=0, lt=0.5)
+    wrong_target_fails: bool = param(
+        False, help="entering a target that is not the named one ends the episode as a failure (reward -1)"
+    )
 
     def check(self) -> None:
         super().check()
-        if self.num_targets * (2 * self.target_radius) ** 2 * 4 > 0.8:
+        if self.num_colours < self.num_targets:
+            raise ConfigError(
+                f"{{section}}num_colours={self.num_colours} < num_targets={self.num_targets}: the targets of a "
+                "scene have distinct colours; raise num_colours"
+            )
+        if self.layout == "ring":
+            self._check_ring()
+        elif self.num_targets * (2 * self.target_radius) ** 2 * 4 > 0.8:
             raise ConfigError(
                 f"{{section}}num_targets={self.num_targets} discs of target_radius={self.target_radius} do not "
                 "fit apart on the unit square; lower either"
             )
 
+    def _check_ring(self) -> None:
+        r = self.target_radius
+        if self.ring_radius + r > 0.5:
+            raise ConfigError(
+                f"{{section}}ring_radius={self.ring_radius} + target_radius={r} puts targets outside the image; "
+                "keep their sum at most 0.5"
+            )
+        if self.ring_radius <= 2 * r:  # this also keeps up to 6 evenly spaced targets apart
+            raise ConfigError(
+                f"{{section}}ring_radius={self.ring_radius} must exceed 2 x target_radius={r}: the cursor starts "
+                "at the centre, outside every target"
+            )
+
 
 def sample_scene(
-    seed: int, num_targets: int, radius: float
+    seed: int,
+    num_targets: int,
+    radius: float,
+    ring_radius: float | None = None,
+    num_colours: int = len(PALETTE),
 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
-    """Target centres [K, 2], their colour indices [K], the named target, the cursor start [2], from `seed`."""
+    """Target centres [K, 2], their colour indices [K], the named target, the cursor start [2], from `seed`.
+    With `ring_radius`, the ring layout: cursor at the centre, targets evenly on that circle."""
     rng = np.random.default_rng(seed)
-    colours = rng.choice(len(COLOUR_NAMES), size=num_targets, replace=False)
+    colours = rng.choice(num_colours, size=num_targets, replace=False)
+    if ring_radius is not None:
+        angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(num_targets) / num_targets
+        centres = 0.5 + ring_radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        return centres, colours, int(rng.integers(num_targets)), np.array([0.5, 0.5])
     centres = np.zeros((num_targets, 2))
     placed = 0
     while placed < num_targets:  # rejection sampling; the config check keeps this short
@@ -135,7 +187,10 @@ class ColourTargetsBatch(EnvBatch):
     def reset_envs(self, env_ids: np.ndarray, initial_state_ids: np.ndarray) -> Obs:
         cfg = self.config
         for row, seed in zip(env_ids.tolist(), initial_state_ids.tolist()):
-            centres, colours, goal, cursor = sample_scene(seed, cfg.num_targets, cfg.target_radius)
+            ring = cfg.ring_radius if cfg.layout == "ring" else None
+            centres, colours, goal, cursor = sample_scene(
+                seed, cfg.num_targets, cfg.target_radius, ring, cfg.num_colours
+            )
             self.centres[row], self.colours[row], self.goal[row], self.cursor[row] = (
                 centres,
                 colours,
@@ -156,7 +211,13 @@ class ColourTargetsBatch(EnvBatch):
         after = self._distance()
         success = after <= self.config.target_radius
         reward = (10.0 * (before - after) + success).astype(np.float32)
-        return self._obs(), reward, success.copy(), success
+        if not self.config.wrong_target_fails:
+            return self._obs(), reward, success.copy(), success
+        # a failure when the cursor is inside another target (and not the named one: targets never overlap)
+        to_targets = np.linalg.norm(self.cursor[:, None] - self.centres, axis=2)  # [M, K]
+        failed = ~success & (to_targets <= self.config.target_radius).any(axis=1)
+        reward[failed] -= 1.0
+        return self._obs(), reward, success | failed, success
 
 
 register_env("colour_targets", ColourTargetsConfig, processes=False)(ColourTargetsBatch)

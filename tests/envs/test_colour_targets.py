@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from env_toys import colour_oracle_actions as oracle_actions
@@ -68,3 +69,58 @@ def test_seeds_fix_the_scene_and_seven_dim_actions_ignore_the_rest():
 def test_too_many_large_targets_is_a_config_error():
     with pytest.raises(ConfigError, match="do not fit"):
         ColourTargetsConfig(num_targets=6, target_radius=0.2)
+
+
+RING = dict(layout="ring", num_targets=3, target_radius=0.15, ring_radius=0.32, wrong_target_fails=True)
+
+
+def test_ring_layout_puts_the_cursor_at_the_centre_and_the_targets_evenly_around_it():
+    env = make(num_envs=32, **RING)
+    obs = env.reset(seed=3)
+    assert torch.equal(obs["states"], torch.full((32, 2), 0.5))
+    offsets = env.batch.centres - 0.5  # [M, K, 2]
+    assert offsets.shape == (32, 3, 2)
+    assert abs(float((offsets**2).sum(-1).max()) - 0.32**2) < 1e-9
+    # evenly spaced: the three targets of a scene sum to the centre
+    assert abs(offsets.sum(axis=1)).max() < 1e-9
+    angles = [float(torch.atan2(torch.tensor(o[0, 1]), torch.tensor(o[0, 0]))) for o in offsets]
+    assert max(angles) - min(angles) > 3.0  # rotations vary from scene to scene
+
+
+def first_episode_successes(env: EpisodeVectorEnv, actions_of) -> list[bool]:
+    """Success of each env's first episode under `actions_of(env)` (envs reset automatically after it)."""
+    outcome = [None] * env.num_envs
+    for _ in range(env.spec.max_episode_steps):
+        _, rewards, terms, _, infos = env.chunk_step(actions_of(env))
+        assert (rewards[terms & ~infos["success"]] < 0).all()  # a failure ends with the penalty
+        for i in infos["episode_done"].nonzero().flatten().tolist():
+            if outcome[i] is None:
+                outcome[i] = bool(infos["episode"]["success_once"][i])
+    return outcome
+
+
+def test_entering_the_wrong_target_ends_the_episode_as_a_failure():
+    env = make(num_envs=32, **RING)
+
+    def to_another_target(env):
+        batch = env.batch
+        wrong = batch.centres[np.arange(32), (batch.goal + 1) % 3]
+        velocity = np.clip((wrong - batch.cursor) / env.config.max_speed, -1, 1)
+        return torch.from_numpy(velocity[:, None].astype(np.float32))
+
+    env.reset(seed=0)
+    assert first_episode_successes(env, to_another_target) == [False] * 32
+    env.reset(seed=0)
+    assert first_episode_successes(env, oracle_actions) == [True] * 32
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(ring_radius=0.4, target_radius=0.15), "outside the image"),
+        (dict(ring_radius=0.25, target_radius=0.15), "must exceed 2 x target_radius"),
+    ],
+)
+def test_impossible_rings_are_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        ColourTargetsConfig(layout="ring", **overrides)
