@@ -17,6 +17,7 @@ from typing import Any
 
 from algorithms.schema import ConfigError
 from embodied.config import COMPONENTS, ClusterConfig
+from embodied.interrupt import reclaim
 from embodied.placement import Placement, resolve_placement, slot_cores
 from embodied.worker import MAX_CONCURRENCY, WorkerGroup, WorkerInfo
 
@@ -97,6 +98,7 @@ class Cluster:
             )
             raise ClusterError(f"could not start Ray in-process: {exc}\n{hint}") from exc
         self.started_ray = config.address is None
+        reclaim()  # ray.init installs its own SIGTERM handler; the run's (embodied.interrupt) stays in charge
 
     # -- slots --------------------------------------------------------------------------------------------------
     @property

@@ -23,6 +23,7 @@ import numpy as np
 from embodied.checkpoint import Checkpointer
 from embodied.components import Components
 from embodied.config import TrainConfig
+from embodied.interrupt import protected
 from embodied.logger import MetricLogger, Progress
 from embodied.workers.env_worker import unit_seed
 from envs.base import EPISODE_METRICS
@@ -152,12 +153,18 @@ class Runner:
         return metrics
 
     def save_checkpoint(self) -> Path:
+        """Written whole even when Ctrl-C comes meanwhile (the interruption follows the commit)."""
         c = self.counters
-        folder = self.checkpointer.begin(c.iteration)
-        self.workers.save_checkpoint(folder)
-        wall = c.wall_seconds + time.monotonic() - self.started
-        counters = {"env_steps": c.env_steps, "wall_seconds": wall, "weight_version": self.workers.version}
-        return self.checkpointer.commit(folder, c.iteration, counters, self.config_tree)
+        with protected():
+            folder = self.checkpointer.begin(c.iteration)
+            self.workers.save_checkpoint(folder)
+            wall = c.wall_seconds + time.monotonic() - self.started
+            counters = {
+                "env_steps": c.env_steps,
+                "wall_seconds": wall,
+                "weight_version": self.workers.version,
+            }
+            return self.checkpointer.commit(folder, c.iteration, counters, self.config_tree)
 
     def _finish(self, evaluated_at: int | None, checkpointed_at: int | None) -> None:
         c, config = self.counters, self.config

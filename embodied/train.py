@@ -4,18 +4,23 @@
     key=value    override any key (actor.lr=1e-4, env.num_envs=16, cluster=disaggregated, resume=auto)
     --help       this text and the named configs;  describe [CONFIG] [key=value ...]: every key, its value and help
 
-Exit codes: 0 done, 1 a worker failed, 2 a bad config, 130 interrupted.
+Exit codes: 0 done, 1 a worker failed, 2 a bad config, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
+Ctrl-C stops the run at once (a checkpoint being written is completed first), shuts the workers and Ray down
+and prints the command that resumes from the last complete checkpoint; a second Ctrl-C force-exits.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 DEFAULT_CONFIG = "maniskill_ppo_pushcube"
+LAUNCHER_ENV = "INFLOW_LAUNCHER"  # set by scripts/run_maniskill_ppo.sh: the script as the user called it
 
 
 def _split_args(argv: list[str]) -> tuple[str, list[str]]:
@@ -33,18 +38,33 @@ def _output_root(config) -> Path:
 
 def train(config, config_tree: dict, started: float | None = None) -> dict[str, float]:
     """Run a whole training job for a validated config; returns the last evaluation's metrics. `started`
-    (time.monotonic()) is when the job began, for `progress/wall_minutes`; default: now."""
-    import yaml
-
-    from embodied.checkpoint import find_resume, read_counters, restore_driver_rng
-    from embodied.cluster import Cluster
-    from embodied.components import Components
-    from embodied.logger import MetricLogger
-    from embodied.runner import Counters, Runner
+    (time.monotonic()) is when the job began, for `progress/wall_minutes`; default: now. An `Interrupted`
+    (Ctrl-C, SIGTERM; see embodied.interrupt) leaves with the run folder in its `run_dir`."""
+    from embodied.checkpoint import find_resume
+    from embodied.interrupt import Interrupted
 
     runs_of_name = _output_root(config) / config.run.name
     resume_target = find_resume(config.resume, runs_of_name) if config.resume else None
     run_dir = resume_target[0] if resume_target else runs_of_name / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        return _train(config, config_tree, run_dir, resume_target, started)
+    except Interrupted as exc:
+        exc.run_dir = run_dir
+        raise
+
+
+def _train(
+    config, config_tree: dict, run_dir: Path, resume_target: tuple[Path, Path] | None, started: float | None
+) -> dict[str, float]:
+    import yaml
+
+    from embodied.checkpoint import read_counters, restore_driver_rng
+    from embodied.cluster import Cluster
+    from embodied.components import Components
+    from embodied.interrupt import protected
+    from embodied.logger import MetricLogger
+    from embodied.runner import Counters, Runner
+
     cluster = Cluster(config.cluster)  # first: a placement that does not fit fails before any file is written
     logger = None
     try:
@@ -83,9 +103,40 @@ def train(config, config_tree: dict, started: float | None = None) -> dict[str, 
         )
         return runner.run()
     finally:
-        cluster.shutdown()
-        if logger is not None:
-            logger.close()
+        with protected():  # a first Ctrl-C during the shutdown does not cut it short
+            cluster.shutdown()
+            if logger is not None:
+                logger.close()
+
+
+def launch_command(argv: list[str], module: str) -> list[str]:
+    """The command that ran this process with `argv`: the script that called it (its INFLOW_LAUNCHER), or
+    `python -m <module>` (the full interpreter path when `python` on PATH is another one)."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if launcher:
+        return ["bash", launcher, *argv]
+    python = shutil.which("python")
+    same = python is not None and os.path.realpath(python) == os.path.realpath(sys.executable)
+    return ["python" if same else sys.executable, "-m", module, *argv]
+
+
+def interrupted_message(exc: KeyboardInterrupt, argv: list[str]) -> str:
+    """One line: what stopped the run, its last complete checkpoint and the exact command that resumes it."""
+    from embodied.checkpoint import latest_checkpoint, read_counters
+    from embodied.interrupt import Interrupted
+
+    what = f"interrupted by {exc.signal_name}" if isinstance(exc, Interrupted) else "interrupted"
+    run_dir = getattr(exc, "run_dir", None)
+    checkpoint = latest_checkpoint(run_dir) if run_dir is not None else None
+    if checkpoint is None:
+        again = shlex.join(launch_command(argv, "embodied.train"))
+        return f"{what} before the first checkpoint was written; nothing to resume. Start again with: {again}"
+    state = read_counters(checkpoint)
+    resume = [a for a in argv if not a.startswith("resume=")] + [f"resume={run_dir}"]
+    return (
+        f"{what}; the last checkpoint is intact: {checkpoint} (iteration {state['iteration']}, "
+        f"{state['env_steps']:,} env steps). Resume with: {shlex.join(launch_command(resume, 'embodied.train'))}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,21 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from embodied.cluster import ClusterError
+    from embodied.interrupt import exit_code, handling_signals, shutdown_ray_if_left
     from embodied.worker import WorkerError
 
     torch.manual_seed(config.run.seed)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     try:
-        metrics = train(config, tree, started)
+        with handling_signals():
+            metrics = train(config, tree, started)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     except (WorkerError, ClusterError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is intact", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        shutdown_ray_if_left()
+        print(interrupted_message(exc, argv), file=sys.stderr, flush=True)
+        return exit_code(exc)
     if metrics:
         print("final eval: " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items())), flush=True)
     return 0

@@ -16,4 +16,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
 PYTHON="${VIRTUAL_ENV:-$ROOT/.venv}/bin/python"
+# the script as called, for the command that an interrupted run prints (Ctrl-C: see docs/runtime.md)
+export INFLOW_LAUNCHER="$0"
 exec "$PYTHON" -m embodied.train "$@"

@@ -1,0 +1,234 @@
+"""Ctrl-C and SIGTERM (embodied.interrupt): the signal handling itself in one process (fast), and whole runs
+started as a user starts them (`bash scripts/run_maniskill_ppo.sh`, tiny budgets, `slow` + `sim`): a run
+interrupted after a checkpoint exits promptly with 130 (143 for SIGTERM), prints the command that resumes it,
+leaves a checkpoint that loads and no process of its Ray cluster behind; the printed command resumes from that
+checkpoint; a second Ctrl-C force-exits at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import REPO, pids_alive
+
+from embodied.checkpoint import latest_checkpoint
+from embodied.interrupt import Interrupted, exit_code, handling_signals, protected
+
+TINY = [
+    "env.num_envs=4",
+    "rollout.num_steps=8",
+    "actor.num_minibatches=2",
+    "actor.update_epochs=1",
+    "eval.every_n_iterations=0",
+    "eval.at_end=false",
+    "logger.wandb.mode=disabled",
+    "checkpoint.every_n_iterations=1",
+    "checkpoint.keep=2",
+    "cluster.startup_timeout_s=300",
+    "run.total_env_steps=1000000",
+]
+STEPS_PER_ITERATION = 4 * 8
+EXIT_WITHIN_S = 30
+
+
+# -- the handlers, in this process ---------------------------------------------------------------------------------
+def test_a_signal_raises_interrupted_with_the_shell_exit_code():
+    with handling_signals():
+        with pytest.raises(Interrupted) as caught:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+    assert caught.value.exit_code == 143 and caught.value.signal_name == "SIGTERM"
+    assert exit_code(caught.value) == 143 and exit_code(KeyboardInterrupt()) == 130
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+
+
+def test_a_signal_inside_a_protected_section_is_raised_when_it_ends():
+    done = []
+    with handling_signals():
+        with pytest.raises(Interrupted) as caught:
+            with protected():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # a checkpoint being written: not cut short
+                done.append("committed")
+    assert done == ["committed"] and caught.value.exit_code == 130
+
+
+def test_handlers_are_installed_even_where_sigint_was_inherited_ignored():
+    """A background job of a non-interactive shell (`cmd &` in a script) starts with SIGINT ignored: the
+    cause of runs that Ctrl-C / `kill -INT` did not stop."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with handling_signals():
+            with pytest.raises(Interrupted):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# -- whole runs ------------------------------------------------------------------------------------------------------
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` in a non-interactive shell does
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """The command in its own session (so a group signal reaches only it), SIGINT ignored as inherited from a
+    background launch, output to `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=ignore_sigint,
+        )
+
+
+def wait_for_iteration(run_root: Path, iteration: int, proc: subprocess.Popen, log: Path) -> Path:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for run_dir in run_root.glob("*"):
+            latest = latest_checkpoint(run_dir)
+            if latest is not None:
+                try:
+                    if json.loads((latest / "state.json").read_text())["iteration"] >= iteration:
+                        return run_dir
+                except FileNotFoundError:  # pruned meanwhile
+                    pass
+        assert proc.poll() is None, f"the run ended early:\n{log.read_text()}"
+        time.sleep(0.3)
+    raise AssertionError(f"no checkpoint of iteration {iteration} within 300 s:\n{log.read_text()}")
+
+
+def interrupt(proc: subprocess.Popen, sig: int, group: bool = False) -> tuple[float, list[int]]:
+    """Send `sig` (to the whole process group: as Ctrl-C at a terminal); returns (seconds to exit, the pids
+    of the processes the run had started)."""
+    started = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    begin = time.monotonic()
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    try:
+        proc.wait(timeout=EXIT_WITHIN_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return time.monotonic() - begin, started
+
+
+def processes_of(temp_dir: str) -> list[int]:
+    """Processes whose command line names the Ray session folder of the run (its gcs, raylet, agents)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in p.info["cmdline"] or []):
+                found.append(p.pid)
+        except psutil.Error:
+            pass
+    return found
+
+
+def assert_nothing_left(started: list[int], temp_dir: str) -> None:
+    deadline = time.monotonic() + 10
+    while (pids_alive(started) or processes_of(temp_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = pids_alive(started) + processes_of(temp_dir)
+    for pid in left:  # only this run's own processes; then fail
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, [psutil.Process(p).cmdline()[:2] for p in pids_alive(left)]
+
+
+def load_checkpoint(checkpoint: Path) -> dict:
+    """The checkpoint's counters, after building its policy from the folder and loading its weights."""
+    from policies.base import PolicyConfig, make_policy, read_saved_config
+
+    state = json.loads((checkpoint / "state.json").read_text())
+    policy_config, spec = read_saved_config(checkpoint / "policy")
+    make_policy(PolicyConfig.from_dict(policy_config, path="policy"), spec).load_weights(
+        checkpoint / "policy"
+    )
+    assert (checkpoint / "optimizer.pt").is_file()
+    assert state["env_steps"] == state["iteration"] * STEPS_PER_ITERATION
+    assert not list(checkpoint.parent.glob(".iter_*.tmp"))  # no half-written checkpoint
+    return state
+
+
+RESUME = re.compile(r"the last checkpoint is intact: (\S+) \(iteration (\d+), .* Resume with: (.+)$", re.M)
+
+
+@pytest.fixture
+def ray_temp_dir():
+    """A short Ray session folder of the run's own (socket paths must stay under ~107 characters)."""
+    path = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    yield path
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_ctrl_c_stops_training_and_the_printed_command_resumes_it(tmp_path, ray_temp_dir):
+    args = [*TINY, f"run.output_dir={tmp_path}", "run.name=t", f"cluster.temp_dir={ray_temp_dir}"]
+    log = tmp_path / "first.log"
+    proc = start(["bash", "scripts/run_maniskill_ppo.sh", *args], log)
+    wait_for_iteration(tmp_path / "t", 2, proc, log)
+    seconds, started = interrupt(proc, signal.SIGINT)
+    out = log.read_text()
+    assert proc.returncode == 130 and seconds < EXIT_WITHIN_S, out
+    (hint,) = RESUME.findall(out)
+    checkpoint, iteration = Path(hint[0]), int(hint[1])
+    assert checkpoint == latest_checkpoint(checkpoint.parent.parent)
+    assert load_checkpoint(checkpoint)["iteration"] == iteration >= 2
+    command = shlex.split(hint[2])
+    assert command[:2] == ["bash", "scripts/run_maniskill_ppo.sh"]
+    assert command[-1] == f"resume={checkpoint.parent.parent}"
+    assert_nothing_left(started, ray_temp_dir)
+
+    # the printed command, as printed: continues from the checkpoint; SIGTERM stops it with 143
+    log = tmp_path / "resumed.log"
+    resumed = start(command, log)
+    wait_for_iteration(tmp_path / "t", iteration + 1, resumed, log)
+    seconds, started = interrupt(resumed, signal.SIGTERM)
+    out = log.read_text()
+    assert resumed.returncode == 143 and seconds < EXIT_WITHIN_S, out
+    assert f"resumed from {checkpoint} (iteration {iteration}," in out
+    assert "interrupted by SIGTERM" in out
+    assert not re.search(r"\bit 1 ", out)  # the iterations count on from the checkpoint's
+    after = load_checkpoint(latest_checkpoint(checkpoint.parent.parent))
+    assert after["iteration"] > iteration
+    assert_nothing_left(started, ray_temp_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_a_second_ctrl_c_at_the_terminal_force_exits_at_once(tmp_path, ray_temp_dir):
+    args = [*TINY, f"run.output_dir={tmp_path}", "run.name=t", f"cluster.temp_dir={ray_temp_dir}"]
+    log = tmp_path / "run.log"
+    proc = start([sys.executable, "-m", "embodied.train", *args], log)
+    run_dir = wait_for_iteration(tmp_path / "t", 1, proc, log)
+    started = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    begin = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at a terminal: the whole foreground group
+    time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    proc.wait(timeout=EXIT_WITHIN_S)
+    seconds = time.monotonic() - begin
+    out = log.read_text()
+    assert proc.returncode == 130 and seconds < 10, out
+    assert "SIGINT again: force-exiting now" in out
+    load_checkpoint(latest_checkpoint(run_dir))
+    assert_nothing_left(started, ray_temp_dir)
