@@ -5,7 +5,8 @@ channels (env -> rollout: observations, rollout -> env: actions, rollout -> acto
 policy once the env workers report the env's spec, and joins the actor ranks into one FSDP2 process group.
 Its methods hide the plumbing (fan-out, routing, versions, offloading) so the runner reads as the algorithm.
 An eval-only run (a `Cluster` placing only env and rollout) starts no actor; `load_policy` then loads a
-checkpoint's weights into the rollout workers.
+checkpoint's weights into the rollout workers, and `replace_env` swaps the env workers for others (the next
+task pass) while the rollout workers and their weights stay.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from embodied.worker import WorkerError, wait_all
 from embodied.workers.actor_worker import ActorWorker
 from embodied.workers.env_worker import EnvWorker
 from embodied.workers.rollout_worker import RolloutWorker
+from envs.base import EnvConfig
 
 
 def offload_when_idle(config: TrainConfig, cluster: Cluster) -> bool:
@@ -42,16 +44,9 @@ class Components:
 
     def __init__(self, cluster: Cluster, config: TrainConfig) -> None:
         self.cluster, self.config = cluster, config
-        slots = cluster.placement.slots
-        with_actor = "actor" in slots
-        self.plan: RolloutPlan = plan_rollout(
-            config.env.num_envs,
-            config.env.group_size,
-            len(slots["env"]),
-            config.rollout.pipeline_stages,
-            len(slots["rollout"]),
-            len(slots["actor"]) if with_actor else 1,
-        )
+        self.generation = 0  # of the env workers (replace_env); names the channels between env and rollout
+        with_actor = "actor" in cluster.placement.slots
+        self.plan: RolloutPlan = self._plan(config.env)
         seed, offload = config.run.seed, offload_when_idle(config, cluster)
         # all groups start at once: the env workers create simulators while the others import their models
         self.env = cluster.spawn("env", EnvWorker, config.env, config.rollout, self.plan)
@@ -80,10 +75,24 @@ class Components:
         wait_all(*setups)
         self.version = 0
 
+    def _plan(self, env: EnvConfig) -> RolloutPlan:
+        slots = self.cluster.placement.slots
+        return plan_rollout(
+            env.num_envs,
+            env.group_size,
+            len(slots["env"]),
+            self.config.rollout.pipeline_stages,
+            len(slots["rollout"]),
+            len(slots["actor"]) if "actor" in slots else 1,
+        )
+
     def _connect(self) -> None:
         timeout = self.config.rollout.channel_timeout_s
-        observations = Channel("observations", self.rollout.handles, timeout)
-        actions = Channel("actions", self.env.handles, timeout)
+        # fresh names for each generation of env workers: a rollout worker's mailbox keeps counting the
+        # sequence numbers of the channels it has used, the new env workers start theirs at 0
+        suffix = f"/{self.generation}" if self.generation else ""
+        observations = Channel(f"observations{suffix}", self.rollout.handles, timeout)
+        actions = Channel(f"actions{suffix}", self.env.handles, timeout)
         trajectories = (
             Channel("trajectories", self.actor.handles, timeout) if self.actor is not None else None
         )
@@ -183,11 +192,38 @@ class Components:
         workers: evaluation of a trained policy without an actor."""
         self.rollout.load_pretrained(str(directory)).wait()
 
+    def replace_env(self, env: EnvConfig) -> bool:
+        """Eval-only: stop the env workers and start new ones for `env` (other tasks, another number of envs)
+        on the same slots; the rollout workers keep their policy and weights and serve the new ones. Returns
+        True if the new env's spec differs, so the policy was rebuilt for it (its weights must be loaded
+        again)."""
+        if self.actor is not None:
+            raise RuntimeError("replace_env is for evaluations: a training run keeps its env workers")
+        self._stop([self.env])
+        self.config = self.config.replace(env=env)
+        self.plan = self._plan(env)
+        self.env = self.cluster.spawn("env", EnvWorker, env, self.config.rollout, self.plan)
+        replan = self.rollout.replan(self.plan)
+        self.cluster.ready([self.env])
+        wait_all(replan)
+        spec = self.env.call("spec", ranks=[0]).wait()[0]
+        self.generation += 1
+        self._connect()
+        rebuilt = spec != self.env_spec
+        if rebuilt:
+            self.env_spec = spec
+            self.rollout.setup(spec).wait()
+        return rebuilt
+
     def close(self) -> None:
         """Close the simulators and stop this run's workers (the cluster stays up for the next ones)."""
-        groups = [g for g in (self.env, self.rollout, self.actor) if g is not None]
+        self._stop([g for g in (self.env, self.rollout, self.actor) if g is not None])
+
+    def _stop(self, groups: list) -> None:
+        """Close the simulators of the env workers among `groups`, then kill `groups`."""
         try:
-            self.env.close().wait()
+            if self.env in groups:
+                self.env.close().wait()
         except WorkerError:
             pass  # an env worker that failed or died: killing it below ends its simulators too
         finally:

@@ -12,16 +12,20 @@
 Only env and rollout workers start (on the placement of `cluster`); actions are deterministic; every task of
 the env runs `eval.num_episodes` episodes from the fixed initial states `eval.first_initial_state + 0, 1, ...`.
 With `eval.tasks_per_pass` the tasks are evaluated a few at a time, each pass with fresh env workers (so suites
-whose scenes need much memory fit). The report goes to <output_dir>/<run.name>/eval-<time>/: results.md (also
+whose scenes need much memory fit); the rollout workers and the policy's weights are loaded once and serve
+every pass. The report goes to <output_dir>/<run.name>/eval-<time>/: results.md (also
 printed), results.csv, results.json, success_per_task.png, videos/ (one mp4 per episode with
 `eval.video_mode=episodes`, the default here), and eval/* metrics in TensorBoard and W&B.
 
-Exit codes: 0 done, 1 a worker failed, 2 a bad config or checkpoint, 130 interrupted.
+Exit codes: 0 done, 1 a worker failed, 2 a bad config or checkpoint, 130 interrupted (Ctrl-C), 143 stopped by
+SIGTERM. Ctrl-C stops at once, keeps the report of the passes that finished, and shuts Ray down; a second
+Ctrl-C force-exits.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -155,9 +159,11 @@ def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dic
 
     from embodied.cluster import Cluster
     from embodied.eval_report import write_report
+    from embodied.interrupt import Interrupted, protected
 
     out_dir = _output_root(config) / config.run.name / time.strftime("eval-%Y%m%d-%H%M%S")
     cluster = Cluster(config.cluster, components=("env", "rollout"))
+    episodes: list[dict] = []
     logger = None
     try:
         print(cluster.describe(), flush=True)
@@ -167,20 +173,22 @@ def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dic
         (out_dir / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
         print(f"eval folder: {out_dir}\npolicy: {source.describe()}", flush=True)
         logger = MetricLogger(out_dir, config.logger, tree, f"{config.run.name}-eval")
-        episodes: list[dict] = []
         meta = _meta(config, source)
         try:
             _run_passes(
                 cluster, config, source, passes, out_dir / "videos" if config.eval.video else None, episodes
             )
-        except BaseException:  # a failed or interrupted pass: the finished passes are not lost
+        except BaseException as exc:  # a failed or interrupted pass: the finished passes are not lost
+            if isinstance(exc, Interrupted):  # for the message of main()
+                exc.out_dir, exc.episodes = out_dir, episodes
             if episodes:
                 write_report(
                     out_dir, episodes, {**meta, "incomplete": "stopped early; the finished passes only"}
                 )
                 print(f"partial report of {len(episodes)} episodes: {out_dir}", file=sys.stderr, flush=True)
             raise
-        table, metrics = write_report(out_dir, episodes, meta)
+        with protected():  # a Ctrl-C now lets the report be written first
+            table, metrics = write_report(out_dir, episodes, meta)
         print("\n" + table + f"\nreport: {out_dir}", flush=True)
         logger.log(metrics, step=source.env_steps)
         videos = sorted({e["video"] for e in episodes if "video" in e})
@@ -188,9 +196,29 @@ def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dic
             logger.log_video(f"eval/video_{i}", path, step=source.env_steps)
         return out_dir, metrics
     finally:
-        cluster.shutdown()
-        if logger is not None:
-            logger.close()
+        with protected():  # a first Ctrl-C during the shutdown does not cut it short
+            cluster.shutdown()
+            if logger is not None:
+                logger.close()
+
+
+def interrupted_message(exc: KeyboardInterrupt, argv: list[str]) -> str:
+    """One line: what stopped the evaluation, what it kept, and the command that runs it again."""
+    from embodied.interrupt import Interrupted
+    from embodied.train import launch_command
+
+    what = f"interrupted by {exc.signal_name}" if isinstance(exc, Interrupted) else "interrupted"
+    out_dir, episodes = getattr(exc, "out_dir", None), getattr(exc, "episodes", [])
+    again = shlex.join(launch_command(argv, "embodied.eval_policy"))
+    if episodes:
+        kept = (
+            f"the report of the finished passes ({len(episodes)} episodes, marked incomplete) is in {out_dir}"
+        )
+    elif out_dir is not None:
+        kept = f"no pass had finished, so there is no report; what was written so far is in {out_dir}"
+    else:
+        kept = "nothing was written"
+    return f"{what}; {kept}. Evaluate again with: {again}"
 
 
 def _meta(config, source: PolicySource) -> dict[str, str | int]:
@@ -208,31 +236,46 @@ def _meta(config, source: PolicySource) -> dict[str, str | int]:
 def _run_passes(
     cluster, config, source: PolicySource, passes: list, video_dir: Path | None, episodes: list[dict]
 ) -> None:
-    """Each pass: fresh env and rollout workers for its tasks, the weights loaded, the episodes run (appended
-    to `episodes` pass by pass)."""
+    """The rollout workers and the policy's weights are set up once; each pass gets fresh env workers for its
+    tasks (`Components.replace_env`) and runs its episodes (appended to `episodes` pass by pass)."""
     from embodied.components import Components
+    from embodied.worker import wait_all
 
     total = sum(len(p.selected_task_ids) for p in passes) * config.eval.num_episodes
     progress = EvalProgress(total, config.logger.console)
+    workers = None
     try:
         for i, env in enumerate(passes):
             if len(passes) > 1:
                 progress.message(f"pass {i + 1}/{len(passes)}: tasks {list(env.selected_task_ids)}")
-            workers = Components(cluster, config.replace(env=env))
-            try:
+            if workers is None:
+                workers = Components(cluster, config.replace(env=env))
                 _check_env(workers.env_spec, config.eval, source)
-                if source.policy_dir is not None:
-                    workers.load_policy(source.policy_dir)
-                before = len(episodes)
-                found, _ = workers.evaluate_episodes(
-                    config.eval, video_dir, on_progress=lambda n, b=before: progress.update(b + n)
+                _load(workers, source)
+                rng_states = workers.rollout.get_rng_state().wait()
+            else:
+                if workers.replace_env(env):  # another spec: the policy was rebuilt for it
+                    _check_env(workers.env_spec, config.eval, source)
+                    _load(workers, source)
+                # each pass starts from the same rollout RNG state, as on freshly started workers
+                wait_all(
+                    *[workers.rollout.call("set_rng_state", s, ranks=[r]) for r, s in enumerate(rng_states)]
                 )
-                episodes += found
-                progress.update(len(episodes))
-            finally:
-                workers.close()
+            before = len(episodes)
+            found, _ = workers.evaluate_episodes(
+                config.eval, video_dir, on_progress=lambda n, b=before: progress.update(b + n)
+            )
+            episodes += found
+            progress.update(len(episodes))
     finally:
         progress.close()
+        if workers is not None:
+            workers.close()
+
+
+def _load(workers, source: PolicySource) -> None:
+    if source.policy_dir is not None:
+        workers.load_policy(source.policy_dir)
 
 
 def _check_env(spec, eval_config, source: PolicySource) -> None:
@@ -268,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     from algorithms.schema import ConfigError
     from embodied.cluster import ClusterError
     from embodied.eval_checkpoint import CheckpointError
+    from embodied.interrupt import exit_code, handling_signals, shutdown_ray_if_left
     from embodied.worker import WorkerError
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -276,16 +320,18 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.manual_seed(config.run.seed)
-        evaluate_policy(config, tree, source)
+        with handling_signals():
+            evaluate_policy(config, tree, source)
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (WorkerError, ClusterError) as exc:
         print(f"evaluation failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        shutdown_ray_if_left()
+        print(interrupted_message(exc, argv), file=sys.stderr, flush=True)
+        return exit_code(exc)
     return 0
 
 

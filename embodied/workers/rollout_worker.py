@@ -47,6 +47,12 @@ class RolloutWorker(Worker):
     def connect(self, from_env: Channel, to_env: Channel, to_actor: Channel | None) -> None:
         self.from_env, self.to_env, self.to_actor = from_env, to_env, to_actor
 
+    def replan(self, plan: RolloutPlan) -> None:
+        """Serve the units of a new plan (new env workers, e.g. the next task pass of an evaluation); the
+        policy and its weights stay. Channels follow with `connect`."""
+        self.plan = plan
+        self.units = {u.index: u for u in plan.units_of_rollout(self.info.rank)}
+
     # -- weights ----------------------------------------------------------------------------------------------
     def load_weights(self, synced: dict) -> int:
         """Load the full state dict the actor gathered: {"version": v, "state": {...}}; returns v."""
