@@ -71,6 +71,12 @@ class ColourTargetsConfig(EnvConfig):
         choices=("scatter", "ring"),
     )
     ring_radius: float = param(0.3, help="layout ring: distance of the targets from the centre", gt=0, lt=0.5)
+    ring_rotation: str = param(
+        "random",
+        help="layout ring: random: the ring turned by a random angle per scene; fixed: the first target to the "
+        "right of the centre (with 2 targets: one left, one right)",
+        choices=("random", "fixed"),
+    )
     wrong_target_fails: bool = param(
         False, help="entering a target that is not the named one ends the episode as a failure (reward -1)"
     )
@@ -110,13 +116,15 @@ def sample_scene(
     radius: float,
     ring_radius: float | None = None,
     num_colours: int = len(PALETTE),
+    random_rotation: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Target centres [K, 2], their colour indices [K], the named target, the cursor start [2], from `seed`.
     With `ring_radius`, the ring layout: cursor at the centre, targets evenly on that circle."""
     rng = np.random.default_rng(seed)
     colours = rng.choice(num_colours, size=num_targets, replace=False)
     if ring_radius is not None:
-        angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(num_targets) / num_targets
+        turn = rng.uniform(0, 2 * np.pi) if random_rotation else 0.0
+        angles = turn + 2 * np.pi * np.arange(num_targets) / num_targets
         centres = 0.5 + ring_radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         return centres, colours, int(rng.integers(num_targets)), np.array([0.5, 0.5])
     centres = np.zeros((num_targets, 2))
@@ -189,7 +197,7 @@ class ColourTargetsBatch(EnvBatch):
         for row, seed in zip(env_ids.tolist(), initial_state_ids.tolist()):
             ring = cfg.ring_radius if cfg.layout == "ring" else None
             centres, colours, goal, cursor = sample_scene(
-                seed, cfg.num_targets, cfg.target_radius, ring, cfg.num_colours
+                seed, cfg.num_targets, cfg.target_radius, ring, cfg.num_colours, cfg.ring_rotation == "random"
             )
             self.centres[row], self.colours[row], self.goal[row], self.cursor[row] = (
                 centres,

@@ -1,46 +1,30 @@
-"""Learning check (slow): PPO raises tiny OpenVLA-OFT's success rate on colour_targets.
+"""Learning check (slow): PPO teaches tiny OpenVLA-OFT to use the image and the instruction on colour_targets.
 
-The whole path in one process: image + instruction -> word tokens, DINOv2/SigLIP patches and the proprio token ->
-Llama -> 8 action tokens decoded in parallel (chunks of 4 two-dim actions) -> env; then GAE and the PPO update
-of the runtime's actor (tests/policies/colour_targets_ppo.py). The settings
-are those of configs/colour_targets_ppo_openvla_oft.yaml (two coloured discs; the instruction names one; the
-cursor position is the proprio input, the discs are only in the image). Success is measured with the
-deterministic (greedy) eval mode on 64 fixed initial states before and after training.
-
-What this shows and what it does not: PPO through OFT's parallel token decoding improves the policy (it fails if
-log-probs, ratios, advantages or gradients are wrong). Within this budget the improvement comes from the proprio
-state, not the image: the trained policy does as well when shown blank images (printed, not asserted; see
-docs/policies.md, "Learning check").
+The whole path in one process: image + instruction -> word tokens and DINOv2/SigLIP patches (+ the proprio token)
+-> Llama -> 8 action tokens decoded in parallel (chunks of 4 two-dim actions) -> env; then GAE and the PPO update
+of the runtime's actor (tests/policies/colour_targets_ppo.py). The settings are those of
+configs/colour_targets_ppo_openvla_oft.yaml: red and green discs left and right of the cursor in random order,
+the instruction names one, touching the other fails. Without the image (or the instruction) at most half the
+episodes can succeed, so success near 1 with a large gap over the blank-image eval shows that the policy found
+the named colour in the image. Success is measured with the deterministic (greedy) eval mode on 64 fixed initial
+states before and after training, and after training on blank images.
 """
 
 import pytest
-import torch
 from colour_targets_ppo import ppo_on_colour_targets
 
-from envs.colour_targets import BACKGROUND
 from policies.openvla_oft import OpenVLAOFTConfig
 
-ITERATIONS = 60  # ~2 minutes of CPU time (one thread)
-MIN_GAIN = 0.15  # measured gains at 60 iterations: +0.25 and +0.34 (seeds 0 and 1; docs/policies.md)
-
-
-class WithoutTargets:
-    """The policy shown every image as bare background (no discs, no cursor): what proprio + instruction alone
-    achieve, which tells a policy that reads the image from one that learned a blind habit."""
-
-    def __init__(self, policy) -> None:
-        self.policy = policy
-
-    def predict(self, obs, mode):
-        blank = torch.empty_like(obs["main_images"])
-        blank[:] = torch.from_numpy(BACKGROUND)
-        return self.policy.predict({**obs, "main_images": blank}, mode)
+ITERATIONS = 100  # ~2.5 minutes of CPU time (one thread) on an idle machine
+# measured (docs/policies.md, "Learning checks"): 1.0 eval success from iteration 60 on (seed 0, the test) and from
+# 40 on (seed 1), 0.48-0.53 on blank images
 
 
 @pytest.mark.slow
-def test_ppo_raises_tiny_openvla_oft_success_on_colour_targets():
+def test_ppo_teaches_tiny_openvla_oft_to_find_the_named_colour():
     config = OpenVLAOFTConfig(
-        num_action_chunks=4, use_proprio=True, action_bins=16, tokenizer="word", max_prompt_length=24
+        num_action_chunks=4, use_proprio=True, action_bins=8, tokenizer="word", max_prompt_length=24
     )
-    result = ppo_on_colour_targets(config, ITERATIONS, extra_evals=[("blank_images", WithoutTargets)])
-    assert result["after"] >= result["before"] + MIN_GAIN, result
+    result = ppo_on_colour_targets(config, ITERATIONS)
+    assert result["after"] >= 0.8, result
+    assert result["after"] >= result["blank_images"] + 0.25, result  # blind: at most ~0.5

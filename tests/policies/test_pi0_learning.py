@@ -1,10 +1,12 @@
-"""Learning check (slow): tiny pi0 with Flow-Noise raises its success rate under PPO on colour_targets.
+"""Learning check (slow): PPO with Flow-Noise teaches tiny pi0 to use the image and the instruction.
 
-The whole path in one process: images + instruction -> tokens and SigLIP patches -> PaliGemma prefix -> the
-action expert's stochastic denoising chain -> actions -> env; then GAE and the PPO update of the runtime's actor
+The whole path in one process: image + instruction -> tokens and SigLIP patches -> PaliGemma prefix -> the action
+expert's stochastic denoising chain -> actions -> env; then GAE and the PPO update of the runtime's actor
 (`embodied.training.ppo_update`, the same code the FSDP2 actor workers run). The settings are those of
-configs/colour_targets_ppo_pi0.yaml (two coloured discs; the instruction names one). Success is measured with the
-deterministic eval mode on 64 fixed initial states before and after training.
+configs/colour_targets_ppo_pi0.yaml: red and green discs left and right of the cursor in random order, the
+instruction names one, touching the other fails. Without the image (or the instruction) at most half the episodes
+can succeed, so success near 1 with a large gap over the blank-image eval shows that the policy found the named
+colour in the image. Success is measured with the deterministic eval mode on 64 fixed initial states.
 """
 
 import pytest
@@ -12,13 +14,16 @@ from colour_targets_ppo import ppo_on_colour_targets
 
 from policies.pi0 import Pi0Config
 
-ITERATIONS = 60  # ~2-3 minutes on an idle 2-core CPU
+ITERATIONS = 100  # ~2.5 minutes on an idle 2-core CPU
+# measured (docs/policies.md, "Learning checks"): seed 0 (the test) 1.0 eval success from iteration 80 on, 0.48 on
+# blank images; seed 1 0.72 at iteration 100, 0.23 on blank images
 
 
 @pytest.mark.slow
-def test_tiny_pi0_flow_noise_learns_colour_targets():
+def test_ppo_teaches_tiny_pi0_flow_noise_to_find_the_named_colour():
     config = Pi0Config(
         chunk_size=4, max_state_dim=32, tokenizer_max_length=12, noise_std_min=0.2, noise_std_max=0.5
     )
     result = ppo_on_colour_targets(config, ITERATIONS)
-    assert result["after"] >= result["before"] + 0.2 and result["after"] >= 0.5, result
+    assert result["after"] >= 0.7, result
+    assert result["after"] >= result["blank_images"] + 0.25, result  # blind: at most ~0.5
