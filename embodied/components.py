@@ -124,8 +124,9 @@ class Components:
     def compute_advantages(self) -> dict[str, float]:
         return self.actor.compute_advantages().wait()[0]
 
-    def train(self) -> dict[str, float]:
-        return self.actor.train().wait()[0]
+    def train(self, progress: float = 0.0) -> dict[str, float]:
+        """The actor's update; `progress` (0..1, the share of the run's budget spent) sets the learning rate."""
+        return self.actor.train(progress).wait()[0]
 
     def sync_weights(self) -> int:
         """Actor -> rollout: the full weights go from actor rank 0 through Ray's object store (not the

@@ -68,6 +68,11 @@ class ActorConfig(Config):
 
     lr: float = param(3e-4, help="learning rate of the policy parameters", gt=0.0)
     value_lr: float | None = param(None, help="learning rate of the value head; null: the same as lr", gt=0.0)
+    lr_schedule: Literal["constant", "linear"] = param(
+        "constant",
+        help="constant; linear: both learning rates decay linearly to 0 at run.total_env_steps (CleanRL's "
+        "anneal_lr; keeps PPO from drifting once most episodes succeed)",
+    )
     adam_eps: float = param(1e-5, help="Adam epsilon", gt=0.0)
     adam_betas: tuple[float, float] = param((0.9, 0.999), help="Adam betas")
     weight_decay: float = param(0.0, help="AdamW weight decay", ge=0.0)

@@ -86,7 +86,7 @@ class Runner:
             with self.timed("advantages", metrics):
                 metrics |= self.workers.compute_advantages()
             with self.timed("train", metrics):
-                metrics |= self.workers.train()
+                metrics |= self.workers.train(c.env_steps / config.run.total_env_steps)
             with self.timed("weight_sync", metrics):
                 self.workers.sync_weights()
             c.env_steps += rollout["env_steps"]

@@ -68,6 +68,16 @@ def build_optimizer(policy: Policy, config: ActorConfig) -> torch.optim.Optimize
     )
 
 
+def schedule_lr(optimizer: torch.optim.Optimizer, config: ActorConfig, progress: float) -> float:
+    """Set each parameter group's learning rate for a run `progress` (0..1) of the way through its budget;
+    returns the policy's learning rate (the value head keeps its ratio to it)."""
+    scale = 1.0 if config.lr_schedule == "constant" else max(0.0, 1.0 - progress)
+    for group in optimizer.param_groups:
+        base = config.value_lr if group["name"] == "value" and config.value_lr is not None else config.lr
+        group["lr"] = base * scale
+    return config.lr * scale
+
+
 def _loss_inputs(part: TrainBatch, evaluated=None) -> LossInputs:
     """LossInputs of a micro-batch; without `evaluated` (for the denominators) the old values stand in."""
     logprobs = part.old_logprobs if evaluated is None else evaluated.logprobs

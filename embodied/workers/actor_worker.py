@@ -20,7 +20,7 @@ from embodied.channel import Channel
 from embodied.config import ActorConfig
 from embodied.devices import move_module, move_optimizer, release_cache
 from embodied.routing import RolloutPlan
-from embodied.training import Collectives, build_optimizer, ppo_update
+from embodied.training import Collectives, build_optimizer, ppo_update, schedule_lr
 from embodied.trajectory import (
     TrainBatch,
     Trajectory,
@@ -122,17 +122,19 @@ class ActorWorker(Worker):
         ]
         return torch.cat(parts).reshape(trajectory.logprobs.shape)
 
-    def train(self) -> dict[str, float]:
-        """The update epochs on the batch from `compute_advantages`; the weight version advances."""
+    def train(self, progress: float = 0.0) -> dict[str, float]:
+        """The update epochs on the batch from `compute_advantages` at the learning rate for `progress` (the
+        share of the run's budget spent); the weight version advances."""
         if self.batch is None:
             raise RuntimeError("train() before compute_advantages(): there is no batch")
         self._onload()
+        lr = schedule_lr(self.optimizer, self.actor, progress)
         metrics = ppo_update(
             self.policy, self.optimizer, self.batch, self.actor, self.algorithm, self.generator, self.comm
         )
         self.batch = None
         self.version += 1
-        return metrics
+        return metrics | {"train/lr": lr}
 
     def sync_weights(self) -> dict | None:
         """All ranks: gather the full weights. Rank 0 returns {"version", "state"}; the others None."""

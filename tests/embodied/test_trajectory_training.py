@@ -9,7 +9,7 @@ import torch
 
 from algorithms.config import AlgorithmConfig
 from embodied.config import ActorConfig
-from embodied.training import Collectives, build_optimizer, minibatch_step, ppo_update
+from embodied.training import Collectives, build_optimizer, minibatch_step, ppo_update, schedule_lr
 from embodied.trajectory import EnvStep, TrainBatch, Trajectory, TrajectoryBuilder, build_train_batch
 from envs.base import EnvSpec
 from policies.base import PolicyConfig, PolicyOutput, make_policy
@@ -203,3 +203,14 @@ def test_step_validity_inside_chunks_and_for_idle_envs():
     running = np.array([True, True, False])  # env 2 finished earlier and waits for a reset (auto_reset=false)
     valid = step_validity(terms, truncs, running)
     assert valid.tolist() == [[True, True, False, False], [True, True, True, True], [False] * 4]
+
+
+@pytest.mark.parametrize("schedule, scale", [("constant", [1.0, 1.0, 1.0]), ("linear", [1.0, 0.75, 0.0])])
+def test_learning_rate_schedule_scales_policy_and_value_rates(schedule, scale):
+    actor = ActorConfig(lr=2e-3, value_lr=1e-2, lr_schedule=schedule)
+    _, optimizer = policy_and_optimizer(actor)
+    for progress, expected in zip([0.0, 0.25, 1.0], scale):
+        assert schedule_lr(optimizer, actor, progress) == pytest.approx(2e-3 * expected)
+        rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        assert rates == pytest.approx({"policy": 2e-3 * expected, "value": 1e-2 * expected})
+    assert schedule_lr(optimizer, actor, 1.2) == pytest.approx(0.0 if schedule == "linear" else 2e-3)

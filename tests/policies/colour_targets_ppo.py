@@ -13,7 +13,7 @@ import torch
 from algorithms.config import AlgorithmConfig
 from embodied.config import ActorConfig
 from embodied.evaluation import evaluate_in_process, summarize
-from embodied.training import build_optimizer, ppo_update
+from embodied.training import build_optimizer, ppo_update, schedule_lr
 from embodied.trajectory import EnvStep, TrajectoryBuilder, build_train_batch
 from envs.base import make_env, select_obs
 from envs.colour_targets import BACKGROUND, ColourTargetsConfig
@@ -35,7 +35,9 @@ ENV = ColourTargetsConfig(
     time_limit=12,
     seed=0,
 )
-ACTOR = ActorConfig(lr=3e-4, update_epochs=2, num_minibatches=4, max_grad_norm=1.0, target_kl=None)
+ACTOR = ActorConfig(
+    lr=3e-4, lr_schedule="linear", update_epochs=2, num_minibatches=4, max_grad_norm=1.0, target_kl=None
+)
 ALGORITHM = AlgorithmConfig(
     gamma=0.95, gae_lambda=0.95, logprob_granularity="action", value_loss_type="plain"
 )
@@ -91,7 +93,8 @@ def ppo_on_colour_targets(policy_config: PolicyConfig, iterations: int, seed: in
         generator = torch.Generator().manual_seed(seed)
         results = {"before": success(policy, eval_env)}
         obs = env.reset(seed=seed)
-        for _ in range(iterations):
+        for i in range(iterations):
+            schedule_lr(optimizer, ACTOR, i / iterations)
             trajectory, obs = collect(env, policy, obs, num_steps=12)
             ppo_update(
                 policy, optimizer, build_train_batch(trajectory, ALGORITHM, 1), ACTOR, ALGORITHM, generator
