@@ -10,9 +10,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """An in-process Ray with 2 CPUs; `embodied.cluster.Cluster` joins it instead of starting its own."""
+    """An in-process Ray with 2 CPUs for one test module (shut down after it, so that later modules start from a
+    process without Ray); `embodied.cluster.Cluster` joins it instead of starting its own."""
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
