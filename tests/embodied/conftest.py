@@ -1,4 +1,5 @@
-"""A Ray instance shared by the runtime tests of one session (starting Ray costs 3-8 s)."""
+"""Helpers of the runtime tests: a Ray instance per test module (starting Ray costs 3-8 s), the tiny training
+run that tests kill, interrupt and resume, and a process check."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+
+# A tiny default-config (PushCube) training that checkpoints every iteration: the runs that tests kill,
+# interrupt and resume.
+TINY_RUN = [
+    "env.num_envs=4",
+    "rollout.num_steps=8",
+    "actor.num_minibatches=2",
+    "actor.update_epochs=1",
+    "eval.every_n_iterations=0",
+    "eval.at_end=false",
+    "logger.wandb.mode=disabled",
+    "checkpoint.every_n_iterations=1",
+    "checkpoint.keep=2",
+    "cluster.startup_timeout_s=300",
+]
+STEPS_PER_ITERATION = 4 * 8  # env.num_envs x rollout.num_steps
 
 
 @pytest.fixture(scope="module")

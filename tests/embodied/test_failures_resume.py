@@ -14,26 +14,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, pids_alive
+from conftest import REPO, STEPS_PER_ITERATION, TINY_RUN, pids_alive
 from safetensors.torch import load_file
 
 from embodied.checkpoint import latest_checkpoint, list_checkpoints
 
 pytestmark = pytest.mark.sim
 
-TINY = [
-    "env.num_envs=4",
-    "rollout.num_steps=8",
-    "actor.num_minibatches=2",
-    "actor.update_epochs=1",
-    "eval.every_n_iterations=0",
-    "eval.at_end=false",
-    "logger.wandb.mode=disabled",
-    "checkpoint.every_n_iterations=1",
-    "checkpoint.keep=2",
-    "cluster.startup_timeout_s=300",
-]
-STEPS_PER_ITERATION = 4 * 8
+TINY = TINY_RUN
 
 
 def start(tmp_path: Path, *overrides: str) -> subprocess.Popen:

@@ -19,31 +19,20 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, pids_alive
+from conftest import REPO, STEPS_PER_ITERATION, TINY_RUN, pids_alive
 
 from embodied.checkpoint import latest_checkpoint
 from embodied.interrupt import Interrupted, exit_code, handling_signals, protected
 
-TINY = [
-    "env.num_envs=4",
-    "rollout.num_steps=8",
-    "actor.num_minibatches=2",
-    "actor.update_epochs=1",
-    "eval.every_n_iterations=0",
-    "eval.at_end=false",
-    "logger.wandb.mode=disabled",
-    "checkpoint.every_n_iterations=1",
-    "checkpoint.keep=2",
-    "cluster.startup_timeout_s=300",
-    "run.total_env_steps=1000000",
-]
-STEPS_PER_ITERATION = 4 * 8
+TINY = [*TINY_RUN, "run.total_env_steps=1000000"]
 EXIT_WITHIN_S = 30
 
 
 # -- the handlers, in this process ---------------------------------------------------------------------------------
 def test_a_signal_raises_interrupted_with_the_shell_exit_code():
-    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or Ray's handler when an earlier test ran ray.init here
+    before = signal.getsignal(
+        signal.SIGTERM
+    )  # SIG_DFL, or Ray's handler when an earlier test ran ray.init here
     with handling_signals():
         with pytest.raises(Interrupted) as caught:
             os.kill(os.getpid(), signal.SIGTERM)
