@@ -28,8 +28,8 @@ class RolloutWorker(Worker):
     ) -> None:
         super().__init__(info)
         torch.manual_seed(seed * 1000 + info.rank)
-        self.policy_config, self.plan = policy, plan
-        self.units = {u.index: u for u in plan.units_of_rollout(info.rank)}
+        self.policy_config = policy
+        self.replan(plan)
         self.device = torch.device(info.device)
         self.offload_when_idle = offload_when_idle and self.device.type == "cuda"
         self.policy = None
