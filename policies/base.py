@@ -85,6 +85,21 @@ class Policy(nn.Module, abc.ABC):
     def evaluate(self, forward_inputs: dict[str, torch.Tensor]) -> EvaluateOutput:
         """Log-probs, entropy and values of the stored actions under the current weights."""
 
+    # -- supervised fine-tuning (policies/supervised.py) -------------------------------------------------------
+    @property
+    def action_horizon(self) -> int:
+        """C: the consecutive demo actions one supervised sample trains on (the chunk the policy predicts)."""
+        raise NotImplementedError(f"policy {type(self).__name__} does not define a supervised action horizon")
+
+    def supervised_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The policy's own supervised loss on a demo batch (observations + `actions` [B, C, A] in env units +
+        `action_mask` [B, C]; see policies/supervised.py) and metrics to log. Processing and action
+        normalisation are those of `predict`, so what is learnt is what the policy does at rollout."""
+        raise NotImplementedError(
+            f"policy {type(self).__name__} has no supervised loss; supervised fine-tuning supports mlp, cnn, "
+            "openvla, openvla_oft and pi0"
+        )
+
     @classmethod
     def from_config(cls, config: PolicyConfig, env_spec: EnvSpec) -> Policy:
         """Build the policy; load `config.pretrained` when set. VLA policies override this to read the
@@ -118,7 +133,9 @@ class Policy(nn.Module, abc.ABC):
 
         path = Path(directory) / WEIGHTS_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}: not a checkpoint directory of this suite")
+            raise FileNotFoundError(
+                f"no {WEIGHTS_NAME} in {directory}: not a checkpoint directory of this suite"
+            )
         load_state_dict_strict(self, load_file(str(path)), source=str(path))
 
 
@@ -132,15 +149,21 @@ def load_state_dict_strict(
     own = module.state_dict()
     for name, tensor in state.items():
         if name not in own:
-            raise ValueError(f"{source}: parameter {name!r} is not in the model; the checkpoint was made for a "
-                             "different policy config")
+            raise ValueError(
+                f"{source}: parameter {name!r} is not in the model; the checkpoint was made for a "
+                "different policy config"
+            )
         if tuple(own[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"{source}: parameter {name!r} has shape {tuple(tensor.shape)} in the checkpoint but "
-                             f"{tuple(own[name].shape)} in the model; the policy config does not match the checkpoint")
+            raise ValueError(
+                f"{source}: parameter {name!r} has shape {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(own[name].shape)} in the model; the policy config does not match the checkpoint"
+            )
     missing = [k for k in own if k not in state]
     if missing:
-        raise ValueError(f"{source}: the checkpoint lacks parameter {missing[0]!r} ({len(missing)} missing in all); "
-                         "the policy config does not match the checkpoint")
+        raise ValueError(
+            f"{source}: the checkpoint lacks parameter {missing[0]!r} ({len(missing)} missing in all); "
+            "the policy config does not match the checkpoint"
+        )
     module.load_state_dict(state, strict=True, assign=assign)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from algorithms.schema import ConfigError, param
 from envs.base import EnvSpec, Obs
 from policies.base import EvaluateOutput, Policy, PolicyConfig, PolicyOutput, register_policy
+from policies.supervised import action_mse
 
 Activation = Literal["tanh", "relu"]
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -133,6 +134,21 @@ class GaussianPolicy(Policy):
             # a fresh fp32 tensor, not a view: FSDP2 hooks the outputs for backward
             values=self.value_head(features)[:, 0].float().clone(),
         )
+
+    @property
+    def action_horizon(self) -> int:
+        return self.chunk
+
+    def supervised_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Behaviour cloning: squared error of the action mean (the eval-mode action) against the demo action.
+
+        Not the Gaussian's negative log-likelihood: its gradient on the mean is the same up to 1/sigma^2, but it
+        would also fit log_std to the demos' residual, which for a planner's near-deterministic demos collapses
+        the exploration noise PPO starts from. Here log_std keeps `policy.init_log_std`, the RL noise level.
+        """
+        mean = self._distribution(self.features(self.model_inputs(batch))).mean
+        target = batch["actions"].to(mean.device)
+        return action_mse(mean, target, batch["action_mask"].to(mean.device)), {}
 
 
 @register_policy("mlp")

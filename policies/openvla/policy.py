@@ -56,6 +56,7 @@ from policies.openvla.processing_openvla import (
     load_tokenizer,
 )
 from policies.openvla.sampling import action_log_probs, entropy, gather_log_probs, sample_bins
+from policies.supervised import masked_mean, token_cross_entropy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Modules beside the released network, saved under their own names; a checkpoint without them leaves them fresh.
@@ -270,6 +271,34 @@ class OpenVLAPolicyBase(Policy):
             entropy=entropy(log_probs).reshape(shape).clone(),
             values=values.clone() if values is not None else None,
         )
+
+    # -- supervised fine-tuning -----------------------------------------------------------------------------
+    @property
+    def action_horizon(self) -> int:
+        return self.num_chunks
+
+    def supervised_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy of the demo's action tokens (the C x A bins `ActionBins.token_index` makes of its actions)
+        under the same scoring window as `evaluate`: teacher-forced for OpenVLA, one parallel pass for OFT.
+
+        Over the action tokens only, at temperature 1 and without top-k: the distribution `predict` samples from
+        is this one with the sampling settings applied. (OpenVLA's own fine-tuning takes the cross-entropy over
+        the whole vocabulary; the two differ only by the probability left on non-action tokens, which rollouts
+        never sample.) Also logs `token_accuracy`, the share of tokens whose argmax is the demo's bin."""
+        actions = batch["actions"].to(self.device)
+        if actions.shape[1:] != (self.num_chunks, self.action_dim):
+            raise ValueError(
+                f"demo actions {tuple(actions.shape)} do not fit the policy's chunk "
+                f"[B, {self.num_chunks}, {self.action_dim}] (policy.num_action_chunks x the env's action dims)"
+            )
+        inputs = self.processor(batch, self.device, DTYPES[self.config.dtype])
+        bins = self.processor.bins.token_index(actions)
+        window = self.score_window(inputs, self.continuation(bins.reshape(bins.shape[0], self.num_tokens)))
+        logits = self.model.logits(window)[..., self.action_start : self.action_end]
+        log_probs = logits.float().log_softmax(dim=-1).reshape(*bins.shape, -1)
+        mask = batch["action_mask"].to(self.device)
+        accuracy = masked_mean((log_probs.argmax(dim=-1) == bins).float(), mask)
+        return token_cross_entropy(log_probs, bins, mask), {"token_accuracy": float(accuracy)}
 
 
 def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -190,6 +190,7 @@ class ActionBins:
     def __init__(self, n_bins: int, q01: list[float], q99: list[float], mask: list[bool]) -> None:
         bins = np.linspace(-1.0, 1.0, n_bins)
         self.n_bins = n_bins
+        self.edges = torch.tensor(bins, dtype=torch.float64)
         self.bin_centers = torch.tensor((bins[:-1] + bins[1:]) / 2.0, dtype=torch.float64)
         self.q01 = torch.tensor(q01, dtype=torch.float64)
         self.q99 = torch.tensor(q99, dtype=torch.float64)
@@ -209,6 +210,16 @@ class ActionBins:
         norm = self.normalized(token_index)
         q01, q99, mask = (t.to(norm.device) for t in (self.q01, self.q99, self.mask))
         return torch.where(mask, 0.5 * (norm + 1.0) * (q99 - q01) + q01, norm)
+
+    def token_index(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions [..., A] -> action-token indices [..., A] int64: the tokens a demonstration is trained
+        on. As OpenVLA's ActionTokenizer: normalised with q01/q99 (dims with mask True), clipped to [-1, 1],
+        binned with `np.digitize` on the bin edges (d in 1..n_bins), token index n_bins - d; `to_env_units` of
+        the result is the action to within a bin."""
+        a = actions.double()
+        q01, q99, mask = (t.to(a.device) for t in (self.q01, self.q99, self.mask))
+        norm = torch.where(mask, 2.0 * (a - q01) / (q99 - q01 + 1e-8) - 1.0, a).clamp(-1.0, 1.0)
+        return self.n_bins - torch.bucketize(norm, self.edges.to(a.device), right=True)
 
 
 class ProprioNormalizer:

@@ -47,6 +47,7 @@ from policies.pi0.processing_pi0 import (
     images_to_model,
     make_tokenizer,
 )
+from policies.supervised import masked_mean
 
 NOISE_HEAD = "noise_head."
 
@@ -261,6 +262,36 @@ class Pi0Policy(Policy):
             logprobs = torch.where(here[:, None, None], step_logprob, logprobs)
             chain.append(x)
         return torch.stack(chain, 1), logprobs, first_out
+
+    # -- supervised fine-tuning ------------------------------------------------------------------------------------
+    @property
+    def action_horizon(self) -> int:
+        """The expert's whole chunk (chunk_size), as openpi trains it; the env executes the first action_chunk."""
+        return self.config.chunk_size
+
+    def supervised_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Flow matching (openpi's `compute_loss`): noise ~ N(0, I), t ~ Beta(1.5, 1) * 0.999 + 0.001, loss
+        (u_t - v_t)^2 with u_t = noise - actions at x_t = t * noise + (1 - t) * actions; see `flow_matching_loss`."""
+        n, device = batch["actions"].shape[0], self.times.device
+        noise = torch.randn(n, self.config.chunk_size, self.config.max_action_dim, device=device)
+        return self.flow_matching_loss(batch, noise, self.model.sample_time(n, device=device)), {}
+
+    def flow_matching_loss(self, batch: dict, noise: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        """The flow-matching loss of a demo batch for given noise [B, chunk_size, max_action_dim] and times [B].
+
+        Demo actions are normalised and zero-padded as `predict` un-normalises them. The mean runs over the valid
+        chunk steps and over all max_action_dim dims, padded ones included (openpi's mean over the last axis): the
+        expert sees the padded dims of x_t as inputs, and training them keeps those inputs in distribution."""
+        actions = batch["actions"].to(self.times.device)
+        if actions.shape[1] != self.config.chunk_size:
+            raise ValueError(
+                f"demo action chunks have {actions.shape[1]} steps but pi0 predicts chunk_size="
+                f"{self.config.chunk_size}"
+            )
+        inputs = self._model_inputs(self._forward_inputs(batch))
+        target = self.normalizer.model_actions(actions)
+        per_element = self.model.flow_matching_loss(inputs, target, noise, time)
+        return masked_mean(per_element, batch["action_mask"].to(per_element.device))
 
     # -- evaluate --------------------------------------------------------------------------------------------------
     def evaluate(self, forward_inputs: dict[str, torch.Tensor]) -> EvaluateOutput:

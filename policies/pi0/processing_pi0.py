@@ -172,7 +172,7 @@ class Normalizer(torch.nn.Module):
                 f"{key}_mean", torch.tensor(mean[:dim], dtype=torch.float32), persistent=False
             )
             self.register_buffer(f"{key}_std", torch.tensor(std[:dim], dtype=torch.float32), persistent=False)
-        self.max_state_dim = config.max_state_dim
+        self.max_state_dim, self.max_action_dim = config.max_state_dim, config.max_action_dim
         if spec.state_dim > config.max_state_dim or spec.action_dim > config.max_action_dim:
             raise ValueError(
                 f"the env has state_dim={spec.state_dim}, action_dim={spec.action_dim} but the model takes at most "
@@ -188,6 +188,12 @@ class Normalizer(torch.nn.Module):
         """Model actions [N, C_model, A_model] -> env units [N, chunk, A_env]."""
         x = actions[:, :chunk, : self.actions_mean.shape[0]]
         return x * (self.actions_std + NORM_EPS) + self.actions_mean
+
+    def model_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions [N, C, A_env] (demonstrations) -> model units [N, C, max_action_dim]: normalised and
+        zero-padded, the inverse of `actions`."""
+        x = (actions.float() - self.actions_mean) / (self.actions_std + NORM_EPS)
+        return F.pad(x, (0, self.max_action_dim - x.shape[-1]))
 
 
 def read_norm_stats(path: Path) -> dict[str, tuple[list[float], list[float]]]:
