@@ -6,7 +6,8 @@ Presets (see docs/algorithms.md for each formula):
     PPO:        advantage: gae,          loss: ppo, value_coef: 0.5, normalize_advantages: true
     GRPO:       advantage: grpo,         loss: ppo, kl_coef: 0.001, kl_estimator: k3, loss_agg_mode: seq-mean-token-mean
     DAPO:       advantage: grpo,         loss: ppo, clip_ratio_high: 0.28, loss_agg_mode: token-mean,
-                dynamic_sampling: true,  overlong_max_length / overlong_buffer / overlong_penalty
+                dynamic_sampling: true, max_num_gen_batches, overlong_max_length / overlong_buffer /
+                overlong_penalty
     Reinforce++: advantage: reinforce_pp, loss: ppo, kl_in_reward_coef: 0.001
 """
 
@@ -77,7 +78,17 @@ class AlgorithmConfig(Config):
         "token",
         help="embodied ratio unit: token (per action dim) | action (sum over dims) | chunk (sum over chunk)",
     )
-    dynamic_sampling: bool = param(False, help="DAPO: drop groups whose rewards are all equal")
+    dynamic_sampling: bool = param(
+        False,
+        help="DAPO: drop groups whose rewards are all equal and generate more rounds (same weights) until the "
+        "batch holds env.num_envs / env.group_size groups with mixed rewards",
+    )
+    max_num_gen_batches: int = param(
+        10,
+        help="dynamic sampling: most generation rounds per training step (0: unbounded); when they are spent "
+        "the batch is topped up with all-equal groups (advantage 0) and rollout/groups_padded counts them",
+        ge=0,
+    )
     overlong_max_length: int | None = param(
         None, help="LLM over-long shaping: max response length; null: off", ge=1
     )

@@ -4,6 +4,11 @@
 channels (env -> rollout: observations, rollout -> env: actions, rollout -> actor: trajectories), builds the
 policy once the env workers report the env's spec, and joins the actor ranks into one FSDP2 process group.
 Its methods hide the plumbing (fan-out, routing, versions, offloading) so the runner reads as the algorithm.
+A training step may take several rollout epochs (generation rounds): with DAPO's dynamic sampling
+(`algorithm.dynamic_sampling`) the rollout workers hold each round while `algorithms.dapo.assemble_groups`
+picks the groups with mixed outcomes, until they fill the batch; `compute_advantages` then routes the chosen
+groups to the actor ranks.
+
 An eval-only run (a `Cluster` placing only env and rollout) starts no actor; `load_policy` then loads a
 checkpoint's weights into the rollout workers, and `replace_env` swaps the env workers for others (the next
 task pass) while the rollout workers and their weights stay.
@@ -17,6 +22,7 @@ from typing import Any
 
 import torch
 
+from algorithms.dapo import GroupBatch, assemble_groups
 from embodied.channel import Channel
 from embodied.cluster import Cluster
 from embodied.config import EvalConfig, TrainConfig
@@ -74,6 +80,7 @@ class Components:
             setups.append(self.actor.setup(self.env_spec, host, port))
         wait_all(*setups)
         self.version = 0
+        self.round_scores: list[torch.Tensor] = []  # outcome scores [N] of this step's generation rounds
 
     def _plan(self, env: EnvConfig) -> RolloutPlan:
         slots = self.cluster.placement.slots
@@ -106,14 +113,18 @@ class Components:
 
     # -- the steps of an iteration --------------------------------------------------------------------------------
     def rollout_epoch(self, reset_seed: int | None = None) -> dict[str, Any]:
-        """One rollout epoch on all envs; trajectories go to the actor workers (without actors, e.g. in a
-        benchmark, nothing is recorded). Returns the finished episodes, env steps, and the env's simulation /
-        the rollout's inference seconds (max over workers)."""
+        """One rollout epoch (a generation round) on all envs; the rollout workers hold its trajectory for the
+        actors (without actors, e.g. in a benchmark, nothing is recorded). Returns the finished episodes, env
+        steps, and the env's simulation / the rollout's inference seconds (max over workers)."""
         env_call = self.env.rollout_epoch(self.config.rollout.num_steps, reset_seed)
         mode = "train" if self.actor is not None else "sample"
         rollout_call = self.rollout.generate(mode, self.version if self.actor is not None else None)
         wait_all(env_call, rollout_call)
         env_results, rollout_results = env_call.wait(), rollout_call.wait()
+        if self.actor is not None:
+            self.round_scores.append(torch.cat([r["scores"] for r in rollout_results]))
+            if self.needs_another_round():  # release what will not train before the next round
+                self.rollout.retain(self._held_pieces(self.group_batch().groups)).wait()
         return {
             "episodes": [e for r in env_results for e in r["episodes"]],
             "env_steps": sum(r["env_steps"] for r in env_results),
@@ -121,8 +132,42 @@ class Components:
             "infer_seconds": max(r["infer_seconds"] for r in rollout_results),
         }
 
+    def group_batch(self) -> GroupBatch | None:
+        """Dynamic sampling: the batch `assemble_groups` makes of this step's rounds so far; None without it."""
+        algorithm, env = self.config.algorithm, self.config.env
+        if not algorithm.dynamic_sampling:
+            return None
+        target = env.num_envs // env.group_size
+        return assemble_groups(self.round_scores, env.group_size, target, algorithm.max_num_gen_batches)
+
+    def needs_another_round(self) -> bool:
+        """Whether the batch still lacks groups with mixed outcomes and the round bound allows another round."""
+        batch = self.group_batch()
+        return batch is not None and not batch.complete
+
+    def _held_pieces(self, groups: tuple[tuple[int, int], ...]) -> list[tuple[int, int, int]]:
+        size = self.config.env.group_size
+        return [(r, g * size, (g + 1) * size) for r, g in groups]
+
     def compute_advantages(self) -> dict[str, float]:
-        return self.actor.compute_advantages().wait()[0]
+        """Route this step's batch from the rollout to the actor workers (every group of the one round, or the
+        groups dynamic sampling chose), then compute advantages there. Returns the actor's metrics and, with
+        dynamic sampling, `rollout/gen_rounds` and the group counts of `GroupBatch.metrics`."""
+        batch = self.group_batch()
+        if batch is not None and not batch.complete:
+            raise RuntimeError(
+                f"the batch holds {len(batch.groups)} of {batch.target} groups with mixed outcomes: roll out "
+                "again while needs_another_round() (the runner's loop) before computing advantages"
+            )
+        size = self.config.env.group_size
+        whole_round = [(0, g) for g in range(self.config.env.num_envs // size)]
+        groups = batch.groups if batch is not None else whole_round
+        sent = self.rollout.send_batch(self.plan.route_groups(groups, size))
+        metrics = self.actor.compute_advantages()
+        wait_all(sent, metrics)
+        self.round_scores = []
+        stats = {f"rollout/{k}": v for k, v in batch.metrics().items()} if batch is not None else {}
+        return metrics.wait()[0] | stats
 
     def train(self, progress: float = 0.0) -> dict[str, float]:
         """The actor's update; `progress` (0..1, the share of the run's budget spent) sets the learning rate."""

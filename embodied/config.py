@@ -230,3 +230,13 @@ class TrainConfig(Config):
     resume: str | None = param(
         None, help="null: a new run; auto: continue the newest run of this name; or a checkpoint/run folder"
     )
+
+    def check(self) -> None:
+        groups_refresh = self.env.group_size >= 2 and self.rollout.reset_every_epoch
+        if self.algorithm.dynamic_sampling and not groups_refresh:
+            raise ConfigError(
+                f"algorithm.dynamic_sampling compares the outcomes of groups of envs that start from one initial "
+                f"state, and each generation round needs fresh ones: set env.group_size >= 2 (it is "
+                f"{self.env.group_size}) and rollout.reset_every_epoch=true (it is "
+                f"{str(self.rollout.reset_every_epoch).lower()})"
+            )

@@ -3,13 +3,18 @@
 The N envs (`env.num_envs`) are numbered globally. Env worker e holds a contiguous block of N / E envs, split
 into `rollout.pipeline_stages` units of n = N / (E * S) envs; unit u = e * S + s holds envs [u * n, (u+1) * n).
 Units are dealt to the R rollout workers in contiguous blocks (unit u -> rollout rank u * R // (E * S)), so
-each rollout worker serves a contiguous env range and, when E = R, the env worker on its own slot. Actor
-worker a trains on envs [a * N / A, (a+1) * N / A): each rollout worker sends every actor the part of its
-trajectory that falls into the actor's range.
+each rollout worker serves a contiguous env range and, when E = R, the env worker on its own slot.
+
+The training batch has N env slots too, in groups of `env.group_size` (GRPO groups; 1 for PPO). Batch slot k
+holds group g of some generation round: group k of the one round without dynamic sampling, a group with mixed
+outcomes of any round with it. Actor worker a trains on batch envs [a * N / A, (a+1) * N / A); `route_groups`
+says which rollout worker sends which piece of which round to which actor.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from algorithms.schema import ConfigError
@@ -54,21 +59,55 @@ class RolloutPlan:
         per = self.num_envs // self.actor_workers
         return rank * per, (rank + 1) * per
 
-    def actor_pieces(self, rollout_rank: int) -> list[tuple[int, int, int]]:
-        """(actor rank, env start, env stop) of each piece of a rollout worker's trajectory."""
-        lo, hi = self.rollout_range(rollout_rank)
-        pieces = []
-        for a in range(self.actor_workers):
-            a_lo, a_hi = self.actor_range(a)
-            if max(lo, a_lo) < min(hi, a_hi):
-                pieces.append((a, max(lo, a_lo), min(hi, a_hi)))
+    def rollout_of_env(self, env: int) -> int:
+        """The rollout rank that serves global env `env`."""
+        return self.units[env // self.units[0].num_envs].rollout_rank
+
+    def route_groups(self, groups: Sequence[tuple[int, int]], group_size: int) -> dict[int, list[BatchPiece]]:
+        """The pieces each rollout rank sends to the actors so that batch slot k holds `groups[k]` = (round,
+        group): group g is envs [g * group_size, (g+1) * group_size) of its round, held by the rollout worker
+        serving them, and goes to the actor whose range holds the slot. A slot that continues the previous piece
+        of the same rollout rank (same round and actor, the next envs) extends it, so the one round of a run
+        without dynamic sampling travels as one piece per (rollout, actor) overlap."""
+        if len(groups) * group_size != self.num_envs:
+            raise ValueError(
+                f"{len(groups)} groups of {group_size} do not fill the batch's {self.num_envs} env slots"
+            )
+        per_actor = self.num_envs // self.actor_workers
+        pieces: dict[int, list[BatchPiece]] = {r: [] for r in range(self.rollout_workers)}
+        for slot, (round_index, group) in enumerate(groups):
+            start, batch_start = group * group_size, slot * group_size
+            own = pieces[self.rollout_of_env(start)]
+            piece = BatchPiece(batch_start // per_actor, batch_start, round_index, start, start + group_size)
+            if own and own[-1].continued_by(piece):
+                own[-1] = dataclasses.replace(own[-1], env_stop=piece.env_stop)
+            else:
+                own.append(piece)
         return pieces
 
-    def rollout_sources(self, actor_rank: int) -> list[int]:
-        """The rollout ranks that send pieces to `actor_rank`."""
-        return [
-            r for r in range(self.rollout_workers) if any(a == actor_rank for a, _, _ in self.actor_pieces(r))
-        ]
+
+@dataclass(frozen=True)
+class BatchPiece:
+    """Envs [env_start, env_stop) of generation round `round`, bound for batch envs [batch_start, ...) of
+    actor rank `actor`."""
+
+    actor: int
+    batch_start: int
+    round: int
+    env_start: int
+    env_stop: int
+
+    @property
+    def num_envs(self) -> int:
+        return self.env_stop - self.env_start
+
+    def continued_by(self, other: BatchPiece) -> bool:
+        return (
+            other.actor == self.actor
+            and other.round == self.round
+            and other.env_start == self.env_stop
+            and other.batch_start == self.batch_start + self.num_envs
+        )
 
 
 def plan_rollout(

@@ -2,6 +2,7 @@
 
     repeat until the env-step budget is spent:
         roll out one epoch on all envs             (env + rollout workers, pipelined)
+        ... again while the batch lacks groups     (DAPO dynamic sampling: same weights, every round counted)
         compute advantages                         (actor workers, the configured estimator)
         train for the configured epochs            (actor workers, FSDP2)
         sync weights to the rollout workers        (versioned)
@@ -46,6 +47,15 @@ def episode_metrics(episodes: list[dict[str, float]], prefix: str = "env") -> di
     return out
 
 
+def merge_rounds(rounds: list[dict]) -> dict:
+    """One step's generation rounds (`Components.rollout_epoch` results) as one: episodes, env steps and
+    seconds add up, so the budget and the throughput count every round."""
+    out = {"episodes": [e for r in rounds for e in r["episodes"]]}
+    for key in ("env_steps", "sim_seconds", "infer_seconds"):
+        out[key] = sum(r[key] for r in rounds)
+    return out
+
+
 class Runner:
     def __init__(
         self,
@@ -81,8 +91,11 @@ class Runner:
             metrics: dict[str, float] = {}
             start = time.perf_counter()
             with self.timed("rollout", metrics):
-                rollout = self.workers.rollout_epoch(self.reset_seed)
-            self.reset_seed = None
+                rounds = [self.workers.rollout_epoch(self.reset_seed)]
+                self.reset_seed = None
+                while self.workers.needs_another_round():
+                    rounds.append(self.workers.rollout_epoch())
+            rollout = merge_rounds(rounds)
             with self.timed("advantages", metrics):
                 metrics |= self.workers.compute_advantages()
             with self.timed("train", metrics):

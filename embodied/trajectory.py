@@ -18,7 +18,7 @@ import torch
 
 from algorithms.advantages import AdvantageInputs, compute_advantages
 from algorithms.config import AlgorithmConfig
-from algorithms.dapo import GroupFilter, filter_groups, shape_overlong_rewards
+from algorithms.dapo import shape_overlong_rewards
 from algorithms.group_advantages import outcome_scores
 from envs.base import Obs
 from policies.base import PolicyOutput
@@ -111,6 +111,17 @@ class Trajectory:
         sliced = self._map_envs(lambda t: t[:, lo:hi])
         sliced.env_start = start
         return sliced
+
+    def select_envs(self, index: torch.Tensor, env_start: int) -> Trajectory:
+        """A copy of the envs at local positions `index` (int64 [k]), numbered from `env_start`: a compact piece
+        (a sliced view would carry its whole storage through Ray's serialisation)."""
+        selected = self._map_envs(lambda t: t.index_select(1, index))
+        selected.env_start = env_start
+        return selected
+
+    def outcome_scores(self) -> torch.Tensor:
+        """[n]: each env's sum of valid rewards, what dynamic sampling compares within a group."""
+        return outcome_scores(self.rewards, self.valid)
 
     @staticmethod
     def concat(parts: list[Trajectory]) -> Trajectory:
@@ -298,19 +309,6 @@ def overlong_shaped_rewards(trajectory: Trajectory, algorithm: AlgorithmConfig) 
     lengths = tokens_per_step(trajectory)
     shaped = shape_overlong_rewards(trajectory.rewards, lengths, algorithm)
     return torch.where(trajectory.valid, shaped, trajectory.rewards)
-
-
-def drop_uniform_groups(
-    batch: TrainBatch, trajectory: Trajectory, group_size: int
-) -> tuple[TrainBatch, GroupFilter]:
-    """DAPO's dynamic sampling (`algorithm.dynamic_sampling`), as a filter: the samples of the groups whose outcome
-    scores are all equal (all solved or all failed, so their group-relative advantages are 0) leave the batch, which
-    is not refilled. When every group is uniform the batch stays whole (its advantages are all 0)."""
-    kept = filter_groups(outcome_scores(trajectory.rewards, trajectory.valid), group_size)
-    if kept.num_kept == 0:
-        return batch, kept
-    keep = kept.keep[None].expand(trajectory.num_steps, -1).flatten()  # the [T, n] -> T * n flattening
-    return batch.select(keep.nonzero().flatten()), kept
 
 
 def token_metrics(trajectory: Trajectory) -> dict[str, float]:

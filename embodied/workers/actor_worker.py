@@ -1,6 +1,7 @@
 """Actor workers: FSDP2 ranks that turn rollouts into advantages and train the policy on them.
 
-Each rank receives the trajectory pieces of its env range from the rollout workers, computes advantages
+Each rank receives the trajectory pieces of its batch range from the rollout workers (the groups the driver chose
+from one or, with dynamic sampling, several generation rounds), computes advantages
 (the configured estimator of `algorithms`), and runs `embodied.training.ppo_update`; FSDP2 averages the
 gradients over the ranks. `sync_weights` gathers the full weights on rank 0 (all ranks take part) for the
 rollout workers, with a version number that the next rollout must match.
@@ -21,13 +22,7 @@ from embodied.config import ActorConfig
 from embodied.devices import move_module, move_optimizer, release_cache
 from embodied.routing import RolloutPlan
 from embodied.training import Collectives, build_optimizer, ppo_update, schedule_lr
-from embodied.trajectory import (
-    TrainBatch,
-    Trajectory,
-    build_train_batch,
-    drop_uniform_groups,
-    token_metrics,
-)
+from embodied.trajectory import TrainBatch, Trajectory, build_train_batch, token_metrics
 from embodied.worker import Worker, WorkerInfo
 from envs.base import EnvSpec
 from policies.base import Policy, PolicyConfig, make_policy
@@ -91,13 +86,7 @@ class ActorWorker(Worker):
     # -- one iteration ----------------------------------------------------------------------------------------
     def compute_advantages(self) -> dict[str, float]:
         """Receive this rank's trajectory pieces, compute advantages and returns; keep the training batch."""
-        pieces = [self.from_rollout.get(r) for r in self.plan.rollout_sources(self.info.rank)]
-        trajectory = Trajectory.concat(pieces)
-        if trajectory.version != self.version:
-            raise RuntimeError(
-                f"trajectory collected with weights v{trajectory.version}, but the actor is at v{self.version}: "
-                "the rollout workers missed a weight sync"
-            )
+        trajectory = self._receive_batch()
         self._onload()
         ref_logprobs = self._reference_logprobs(trajectory) if self.reference is not None else None
         self.batch = build_train_batch(
@@ -105,11 +94,26 @@ class ActorWorker(Worker):
         )
         valid = trajectory.valid
         metrics = {"rollout/reward_mean": float(trajectory.rewards[valid].mean()) if valid.any() else 0.0}
-        if self.algorithm.dynamic_sampling:
-            self.batch, kept = drop_uniform_groups(self.batch, trajectory, self.group_size)
-            metrics |= {f"rollout/{k}": v for k, v in kept.metrics().items()}
         metrics["rollout/advantage_std"] = float(self.batch.advantages.std())
         return metrics | token_metrics(trajectory)
+
+    def _receive_batch(self) -> Trajectory:
+        """This rank's batch envs, from the pieces every rollout worker sends (`RolloutWorker.send_batch`)."""
+        pieces = [t for r in range(self.plan.rollout_workers) for t in self.from_rollout.get(r)]
+        lo, hi = self.plan.actor_range(self.info.rank)
+        trajectory = Trajectory.concat(pieces)
+        if trajectory.env_start != lo or trajectory.num_envs != hi - lo:
+            raise RuntimeError(
+                f"actor rank {self.info.rank} received batch envs [{trajectory.env_start}, "
+                f"{trajectory.env_start + trajectory.num_envs}) but trains on [{lo}, {hi})"
+            )
+        versions = {p.version for p in pieces}
+        if versions != {self.version}:
+            raise RuntimeError(
+                f"trajectories collected with weights {sorted(versions)}, but the actor is at v{self.version}: "
+                "the rollout workers missed a weight sync"
+            )
+        return trajectory
 
     @torch.no_grad()
     def _reference_logprobs(self, trajectory: Trajectory) -> torch.Tensor:

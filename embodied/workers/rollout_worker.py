@@ -1,8 +1,9 @@
 """Rollout workers: run the policy for the units (env blocks) they serve, record trajectories, send them on.
 
 A rollout worker answers each `EnvStep` of its units with actions as soon as it arrives (so pipeline stages
-are served in the order the env finishes them), records outputs and outcomes per unit, and at the end of a
-training epoch sends each actor worker the part of its trajectory that the actor trains on. Its weights come
+are served in the order the env finishes them), records outputs and outcomes per unit, and holds each training
+epoch's trajectory (a generation round) until the driver has chosen the batch: `retain` drops the groups that
+will not train (dynamic sampling, between rounds), `send_batch` sends each actor worker its pieces. Its weights come
 from the actor (`load_weights`, versioned) or from a checkpoint folder (`load_pretrained`, for eval-only
 runs). It does not know which policy or env it serves: the policy owns `predict`, the env owns the rest.
 """
@@ -10,16 +11,34 @@ runs). It does not know which policy or env it serves: the policy owns `predict`
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from embodied.channel import Channel
 from embodied.devices import move_module, resident
-from embodied.routing import RolloutPlan
+from embodied.routing import BatchPiece, RolloutPlan
 from embodied.trajectory import EnvStep, Trajectory, TrajectoryBuilder
 from embodied.worker import Worker, WorkerInfo
 from envs.base import EnvSpec
 from policies.base import PolicyConfig, load_state_dict_strict, make_policy
+
+
+@dataclass
+class HeldRound:
+    """The part of one generation round's trajectory this worker still holds: global env ids `envs` (int64
+    [k], ascending) and the trajectory of those envs, in that order."""
+
+    envs: torch.Tensor
+    trajectory: Trajectory
+
+    def positions(self, start: int, stop: int) -> torch.Tensor:
+        """Local positions of global envs [start, stop), which must be held."""
+        wanted = torch.arange(start, stop)
+        index = torch.searchsorted(self.envs, wanted).clamp(max=len(self.envs) - 1)
+        if not torch.equal(self.envs[index], wanted):
+            raise RuntimeError(f"envs [{start}, {stop}) of this round were not kept by this rollout worker")
+        return index
 
 
 class RolloutWorker(Worker):
@@ -37,6 +56,8 @@ class RolloutWorker(Worker):
         self.from_env: Channel | None = None
         self.to_env: Channel | None = None
         self.to_actor: Channel | None = None
+        self.held: dict[int, HeldRound] = {}  # generation rounds of the current step, by round index
+        self.rounds = 0  # generation rounds of the current step so far
 
     def setup(self, env_spec: EnvSpec) -> None:
         """Build the policy for the env (its spec comes from the env workers, which start alongside)."""
@@ -107,9 +128,14 @@ class RolloutWorker(Worker):
             self.to_env.put(actions, key=key, rank=self.units[key].env_rank)
             if train:
                 builder.add_output(output)
+        result = {"infer_seconds": infer_seconds, "predictions": predictions}
         if train:
-            self._send_trajectory(Trajectory.concat([b.build() for b in builders.values()]))
-        return {"infer_seconds": infer_seconds, "predictions": predictions}
+            trajectory = Trajectory.concat([b.build() for b in builders.values()])
+            lo, hi = self.plan.rollout_range(self.info.rank)
+            self.held[self.rounds] = HeldRound(torch.arange(lo, hi), trajectory)
+            self.rounds += 1
+            result["scores"] = trajectory.outcome_scores()
+        return result
 
     def _bootstrap_values(self, step: EnvStep, builder: TrajectoryBuilder) -> torch.Tensor | None:
         """[n]: the critic's values after the last chunk; None, without running the policy, for critic-free
@@ -129,8 +155,39 @@ class RolloutWorker(Worker):
             values[rows] = self.policy.predict(step.final_obs, mode="train").values.cpu().float()
         return values
 
-    def _send_trajectory(self, trajectory: Trajectory) -> None:
+    # -- the training batch ---------------------------------------------------------------------------------
+    def retain(self, keep: list[tuple[int, int, int]]) -> None:
+        """Keep only the envs of `keep` = (round, env start, env stop) entries that this worker holds (the
+        groups with mixed outcomes so far); the other envs of the held rounds are released."""
+        for round_index, held in list(self.held.items()):
+            wanted = torch.zeros(len(held.envs), dtype=torch.bool)
+            for r, start, stop in keep:
+                if r == round_index:
+                    wanted |= (held.envs >= start) & (held.envs < stop)
+            if wanted.all():
+                continue
+            if not wanted.any():
+                del self.held[round_index]
+                continue
+            index = wanted.nonzero().flatten()
+            self.held[round_index] = HeldRound(
+                held.envs[index], held.trajectory.select_envs(index, env_start=0)
+            )
+
+    def send_batch(self, pieces: dict[int, list[BatchPiece]]) -> None:
+        """Send every actor its pieces of this worker's rounds (`pieces[rank]`, from `RolloutPlan.route_groups`),
+        as one list of trajectories numbered by their batch envs (an empty list when it has none), then forget
+        the rounds: the next call of `generate` starts the next step's round 0."""
         if self.to_actor is None:
             raise RuntimeError("this rollout worker has no actor to send trajectories to (an eval-only run?)")
-        for actor_rank, lo, hi in self.plan.actor_pieces(self.info.rank):
-            self.to_actor.put(trajectory.slice_envs(lo, hi), key=self.info.rank, rank=actor_rank)
+        outgoing: dict[int, list[Trajectory]] = {a: [] for a in range(self.plan.actor_workers)}
+        for piece in pieces.get(self.info.rank, []):
+            held = self.held[piece.round]
+            index = held.positions(piece.env_start, piece.env_stop)
+            whole = len(index) == len(held.envs)  # the whole held round, in order: no copy needed
+            trajectory = held.trajectory if whole else held.trajectory.select_envs(index, piece.batch_start)
+            trajectory.env_start = piece.batch_start
+            outgoing[piece.actor].append(trajectory)
+        for actor_rank, trajectories in outgoing.items():
+            self.to_actor.put(trajectories, key=self.info.rank, rank=actor_rank)
+        self.held, self.rounds = {}, 0

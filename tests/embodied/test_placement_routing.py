@@ -7,7 +7,7 @@ import pytest
 from algorithms.schema import ConfigError
 from embodied.config import ClusterConfig
 from embodied.placement import parse_slots, resolve_placement, slot_cores
-from embodied.routing import plan_rollout
+from embodied.routing import BatchPiece, plan_rollout
 
 
 def placement(env, rollout, actor, num_slots=2):
@@ -75,21 +75,44 @@ def test_units_cover_the_envs_and_are_dealt_in_blocks():
         (1, 1, 12, 4, 1),
     ]
     assert plan.rollout_range(1) == (8, 16)
-    assert plan.actor_pieces(0) == [(0, 0, 4), (1, 4, 8)]
-    assert plan.rollout_sources(3) == [1]
+    assert [plan.rollout_of_env(e) for e in (0, 7, 8, 15)] == [0, 0, 1, 1]
+    # one round, every group in its own slot: one piece per (rollout, actor) overlap
+    pieces = plan.route_groups([(0, g) for g in range(8)], group_size=2)
+    assert pieces == {
+        0: [BatchPiece(0, 0, 0, 0, 4), BatchPiece(1, 4, 0, 4, 8)],
+        1: [BatchPiece(2, 8, 0, 8, 12), BatchPiece(3, 12, 0, 12, 16)],
+    }
 
 
 def test_rollout_pieces_reach_actors_of_a_different_group_size():
     plan = plan_rollout(
         num_envs=12, group_size=1, env_workers=1, stages=3, rollout_workers=3, actor_workers=2
     )
-    assert [p for r in range(3) for p in plan.actor_pieces(r)] == [
+    pieces = plan.route_groups([(0, g) for g in range(12)], group_size=1)
+    assert [(p.actor, p.env_start, p.env_stop) for r in range(3) for p in pieces[r]] == [
         (0, 0, 4),
         (0, 4, 6),
         (1, 6, 8),
         (1, 8, 12),
     ]
-    assert plan.rollout_sources(0) == [0, 1] and plan.rollout_sources(1) == [1, 2]
+
+
+def test_groups_of_several_rounds_reach_the_actor_of_their_batch_slot():
+    # 8 envs in groups of 2 (4 groups), 2 rollout workers (envs 0-3, 4-7), 2 actors (batch envs 0-3, 4-7)
+    plan = plan_rollout(num_envs=8, group_size=2, env_workers=2, stages=1, rollout_workers=2, actor_workers=2)
+    groups = [(0, 1), (0, 2), (1, 2), (1, 3)]  # slots 0..3: round 0 groups 1, 2; round 1 groups 2, 3
+    pieces = plan.route_groups(groups, group_size=2)
+    assert pieces == {
+        # slot 0 (batch envs 0-1, actor 0) <- round 0 envs 2-3, held by rollout 0
+        0: [BatchPiece(actor=0, batch_start=0, round=0, env_start=2, env_stop=4)],
+        1: [
+            BatchPiece(actor=0, batch_start=2, round=0, env_start=4, env_stop=6),
+            # slots 2 and 3 continue one another: one piece of round 1, envs 4-7, to actor 1
+            BatchPiece(actor=1, batch_start=4, round=1, env_start=4, env_stop=8),
+        ],
+    }
+    with pytest.raises(ValueError, match="do not fill the batch's 8 env slots"):
+        plan.route_groups(groups[:3], group_size=2)
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,7 @@ import torch
 from algorithms.config import AlgorithmConfig
 from embodied.config import ActorConfig
 from embodied.training import build_optimizer, minibatch_step
-from embodied.trajectory import (
-    EnvStep,
-    TrajectoryBuilder,
-    build_train_batch,
-    drop_uniform_groups,
-    token_metrics,
-)
+from embodied.trajectory import EnvStep, TrajectoryBuilder, build_train_batch, token_metrics
 from envs import EnvConfig, make_env
 from policies import PolicyConfig, make_policy
 from policies.causal_lm import build_char_tokenizer
@@ -100,17 +94,27 @@ def test_overlong_shaping_penalises_long_responses(setup):
     assert advantages[0] > advantages[2] > advantages[3] and advantages[4] > advantages[5]
 
 
-def test_dynamic_sampling_drops_groups_with_equal_rewards(setup):
+def test_dynamic_sampling_batch_of_two_rounds_has_only_groups_to_learn_from(setup):
+    """The groups `assemble_groups` picks from two rounds, cut out with `select_envs` and joined as the actor
+    joins its pieces: every group of the batch has mixed rewards, so every response has a non-zero advantage."""
+    from algorithms.dapo import assemble_groups
+    from embodied.trajectory import Trajectory
+
     env, policy = setup
-    trajectory = rollout(env, policy, seed=2)
-    trajectory.rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]).reshape(
-        1, 8, 1
-    )  # group 1 uniform
+    rounds = [rollout(env, policy, seed=2), rollout(env, policy, seed=3)]
+    rounds[0].rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0]).reshape(1, 8, 1)  # U, M
+    rounds[1].rewards = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]).reshape(1, 8, 1)  # M, U
+    chosen = assemble_groups([r.outcome_scores() for r in rounds], GROUP, target_groups=2, max_rounds=2)
+    assert chosen.complete and chosen.groups == ((0, 1), (1, 0))
+    pieces = [
+        rounds[r].select_envs(torch.arange(g * GROUP, (g + 1) * GROUP), env_start=slot * GROUP)
+        for slot, (r, g) in enumerate(chosen.groups)
+    ]
+    batch_trajectory = Trajectory.concat(pieces)
+    torch.testing.assert_close(
+        batch_trajectory.forward_inputs["input_ids"][0, GROUP:],
+        rounds[1].forward_inputs["input_ids"][0, :GROUP],
+    )
     algorithm = AlgorithmConfig(advantage="grpo", logprob_granularity="token", dynamic_sampling=True)
-    batch = build_train_batch(trajectory, algorithm, GROUP)
-    kept_batch, kept = drop_uniform_groups(batch, trajectory, GROUP)
-    assert len(kept_batch) == 4 and kept.num_dropped == 1
-    torch.testing.assert_close(kept_batch.forward_inputs["input_ids"], batch.forward_inputs["input_ids"][:4])
-    trajectory.rewards = torch.zeros(1, 8, 1)  # nothing to learn from: the batch stays whole
-    whole, kept = drop_uniform_groups(build_train_batch(trajectory, algorithm, GROUP), trajectory, GROUP)
-    assert len(whole) == 8 and kept.num_kept == 0
+    batch = build_train_batch(batch_trajectory, algorithm, GROUP)
+    assert len(batch) == 8 and (batch.advantages.abs() > 0).all()  # one advantage per response
