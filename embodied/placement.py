@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from algorithms.schema import ConfigError
 from embodied.config import COMPONENTS, ClusterConfig
+from embodied.slots import placement_mode, slot_cores  # noqa: F401 - slot_cores: part of this module's API
 
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 
@@ -63,12 +64,7 @@ class Placement:
 
     @property
     def mode(self) -> str:
-        sets = [set(s) for s in self.slots.values()]
-        if all(s == sets[0] for s in sets):
-            return "collocated"
-        if all(not (a & b) for i, a in enumerate(sets) for b in sets[i + 1 :]):
-            return "disaggregated"
-        return "hybrid"
+        return placement_mode(self.slots.values())
 
     def shares_slots(self, a: str, b: str) -> bool:
         return bool(set(self.slots[a]) & set(self.slots[b]))
@@ -91,13 +87,3 @@ def resolve_placement(
     if empty:
         raise ConfigError(f"cluster.component_placement.{empty[0]} has no slots")
     return Placement(num_slots, slots)
-
-
-def slot_cores(slot: int, num_slots: int, cores: list[int]) -> list[int]:
-    """The CPU cores of `slot` when `num_slots` slots share `cores`: contiguous groups, or round-robin when
-    there are more slots than cores."""
-    if num_slots >= len(cores):
-        return [cores[slot % len(cores)]]
-    base, extra = divmod(len(cores), num_slots)
-    start = slot * base + min(slot, extra)
-    return cores[start : start + base + (slot < extra)]
