@@ -1,12 +1,15 @@
-"""Reading pi0 checkpoints: this suite's own, LeRobot's released PI0 layout and openpi's PyTorch conversion.
+"""Reading pi0 and pi0.5 checkpoints: this suite's own, LeRobot's released PI0/PI05 layouts and openpi's PyTorch
+conversion. Each holds one variant, "pi0" or "pi05" (the `policy.name` it needs):
 
 - suite:   config.json {"policy": {...}, "env_spec": {...}} + model.safetensors of the whole policy (heads too).
-- lerobot: config.json is LeRobot's PI0Config ("type": "pi0", Gemma variant names, chunk_size, ...);
-           model.safetensors names start with `model.paligemma_with_expert.*`, `model.state_proj`, ...
+- lerobot: config.json is LeRobot's PI0Config or PI05Config ("type": "pi0" / "pi05", Gemma variant names,
+           chunk_size, normalization_mapping, ...); model.safetensors names start with
+           `model.paligemma_with_expert.*`, `model.state_proj` (pi0) or `model.time_mlp_in` (pi0.5), ...
            Older releases (transformers 4.4x) name `paligemma.language_model.model.*` and
            `paligemma.vision_tower.*`; both are read.
 - openpi:  config.json {"action_dim", "action_horizon", "paligemma_variant", "action_expert_variant", ...}
-           (openpi's convert_jax_model_to_pytorch.py); names without the leading `model.`.
+           (openpi's convert_jax_model_to_pytorch.py; it does not say which variant: pi0.5 is told by its
+           `time_mlp_in` weights); names without the leading `model.`.
 
 A `tiny_overrides.json` next to config.json (test fixtures; also written by `convert_jax` for non-standard
 sizes) replaces the sizes of the named variants. The language-model head (`lm_head`, a copy of the token
@@ -36,6 +39,11 @@ from policies.pi0.configuration_pi0 import (
 
 CONFIG_NAME, WEIGHTS_NAME, OVERRIDES_NAME = "config.json", "model.safetensors", "tiny_overrides.json"
 CheckpointKind = Literal["suite", "lerobot", "openpi"]
+VARIANTS = ("pi0", "pi05")  # LeRobot's config "type" = this suite's policy name
+# prompt tokens of the released models (openpi's max_token_len): the pi0.5 prompt also holds the state
+RELEASED_PROMPT_LENGTH = {"pi0": 48, "pi05": 200}
+# LeRobot's normalization_mapping modes -> policy.normalization
+NORMALIZATION_MODES = {"MEAN_STD": "mean_std", "QUANTILES": "quantile"}
 
 _PG = "paligemma_with_expert.paligemma."
 # Older transformers (4.4x) PaliGemma layout -> the current one.
@@ -57,38 +65,64 @@ _UNUSED = (
 @dataclass(frozen=True)
 class CheckpointInfo:
     kind: CheckpointKind
-    architecture: dict[str, Any]  # Pi0Config fields (ARCHITECTURE_FIELDS and tokenizer_max_length)
+    variant: str  # "pi0" or "pi05"
+    architecture: dict[
+        str, Any
+    ]  # config fields (ARCHITECTURE_FIELDS, tokenizer_max_length, maybe normalization)
 
 
-def read_checkpoint_info(directory: str | Path) -> CheckpointInfo:
-    """Which layout `directory` holds and the architecture its config describes."""
+def read_checkpoint_info(directory: str | Path, expected: str = "pi0") -> CheckpointInfo:
+    """Which layout and variant `directory` holds and the architecture its config describes; a checkpoint of the
+    other variant than `expected` (the policy name being built) is refused with the name to use."""
     directory = Path(directory)
     path = directory / CONFIG_NAME
     if not path.is_file() or not (directory / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(
-            f"{directory} lacks {CONFIG_NAME} or {WEIGHTS_NAME}; policy.pretrained must point at a pi0 checkpoint "
-            "folder (LeRobot's or openpi's PyTorch release, or one saved by this suite)"
+            f"{directory} lacks {CONFIG_NAME} or {WEIGHTS_NAME}; policy.pretrained must point at a {expected} "
+            "checkpoint folder (LeRobot's or openpi's PyTorch release, or one saved by this suite)"
         )
     cfg = json.loads(path.read_text())
     overrides = (
         json.loads((directory / OVERRIDES_NAME).read_text()) if (directory / OVERRIDES_NAME).is_file() else {}
     )
     if "policy" in cfg and "env_spec" in cfg:
-        saved = cfg["policy"]
-        if saved.get("name") != "pi0":
-            raise ValueError(f"{path} holds a {saved.get('name')!r} policy, not pi0")
-        saved = Pi0Config.from_dict(saved, path="policy")
-        arch = {k: getattr(saved, k) for k in (*ARCHITECTURE_FIELDS, "tokenizer_max_length")}
-        return CheckpointInfo("suite", arch)
-    if cfg.get("type") == "pi0":
-        return CheckpointInfo("lerobot", _lerobot_architecture(cfg, overrides, path))
-    if "paligemma_variant" in cfg and "action_horizon" in cfg:
-        return CheckpointInfo("openpi", _openpi_architecture(cfg, overrides, path))
-    kind = cfg.get("type", "unknown")
-    raise ValueError(
-        f"{path} is not a pi0 config (type {kind!r}); expected LeRobot's PI0Config, openpi's converted config or "
-        "this suite's saved policy config. pi0.5 and pi0-FAST checkpoints are not supported"
-    )
+        info = _suite_info(cfg["policy"], path)
+    elif cfg.get("type") in VARIANTS:
+        info = CheckpointInfo("lerobot", cfg["type"], _lerobot_architecture(cfg, overrides, path))
+    elif "paligemma_variant" in cfg and "action_horizon" in cfg:
+        variant = "pi05" if _has_time_mlp(directory / WEIGHTS_NAME) else "pi0"
+        info = CheckpointInfo("openpi", variant, _openpi_architecture(cfg, overrides, variant, path))
+    else:
+        kind = cfg.get("type", "unknown")
+        raise ValueError(
+            f"{path} is not a pi0 or pi0.5 config (type {kind!r}); expected LeRobot's PI0Config / PI05Config, "
+            "openpi's converted config or this suite's saved policy config. pi0-FAST checkpoints are not supported"
+        )
+    if info.variant != expected:
+        raise ValueError(
+            f"{directory} holds a {info.variant} checkpoint ({info.kind} layout) but policy.name={expected}; "
+            f"set policy.name={info.variant}"
+        )
+    return info
+
+
+def _suite_info(saved: dict[str, Any], path: Path) -> CheckpointInfo:
+    from policies.base import policy_registry
+
+    name = saved.get("name")
+    if name not in VARIANTS:
+        raise ValueError(f"{path} holds a {name!r} policy, not pi0 or pi05")
+    config = policy_registry.get(name).config_class.from_dict(saved, path="policy")
+    arch = {k: getattr(config, k) for k in (*ARCHITECTURE_FIELDS, "tokenizer_max_length")}
+    return CheckpointInfo("suite", name, arch)
+
+
+def _has_time_mlp(weights: Path) -> bool:
+    """pi0.5's weights have `time_mlp_in` (adaRMS conditioning) where pi0's have `action_time_mlp_in`."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        return any(k.removeprefix("model.").startswith("time_mlp_in.") for k in f.keys())
 
 
 def _gemma(role: str, variant: str, overrides: dict[str, Any], path: Path) -> GemmaSize:
@@ -126,6 +160,7 @@ def _common(
 
 
 def _lerobot_architecture(cfg: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The architecture, and the normalisation its processors apply to states and actions."""
     resolution = cfg.get("image_resolution", [224, 224])
     if resolution[0] != resolution[1]:
         raise ValueError(
@@ -133,18 +168,30 @@ def _lerobot_architecture(cfg: dict[str, Any], overrides: dict[str, Any], path: 
         )
     vlm = _gemma("paligemma_variant", cfg["paligemma_variant"], overrides, path)
     expert = _gemma("action_expert_variant", cfg["action_expert_variant"], overrides, path)
-    return {
+    arch = {
         **_common(vlm, expert, overrides, resolution[0], path),
         "chunk_size": cfg["chunk_size"],
         "max_state_dim": cfg["max_state_dim"],
         "max_action_dim": cfg["max_action_dim"],
         "min_period": cfg.get("min_period", 4e-3),
         "max_period": cfg.get("max_period", 4.0),
-        "tokenizer_max_length": cfg.get("tokenizer_max_length", 48),
+        "tokenizer_max_length": cfg.get("tokenizer_max_length", RELEASED_PROMPT_LENGTH[cfg["type"]]),
     }
+    mapping = cfg.get("normalization_mapping", {})
+    modes = {NORMALIZATION_MODES.get(mapping[k], mapping[k]) for k in ("STATE", "ACTION") if k in mapping}
+    if len(modes) > 1 or not modes <= set(NORMALIZATION_MODES.values()):
+        raise ValueError(
+            f"{path}: normalization_mapping {mapping} is not supported; states and actions must both use "
+            f"one of {sorted(NORMALIZATION_MODES)}"
+        )
+    if modes:
+        arch["normalization"] = modes.pop()
+    return arch
 
 
-def _openpi_architecture(cfg: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict[str, Any]:
+def _openpi_architecture(
+    cfg: dict[str, Any], overrides: dict[str, Any], variant: str, path: Path
+) -> dict[str, Any]:
     vlm = _gemma("paligemma_variant", cfg["paligemma_variant"], overrides, path)
     expert = _gemma("action_expert_variant", cfg["action_expert_variant"], overrides, path)
     return {
@@ -154,12 +201,13 @@ def _openpi_architecture(cfg: dict[str, Any], overrides: dict[str, Any], path: P
         "max_action_dim": cfg["action_dim"],
         "min_period": 4e-3,
         "max_period": 4.0,
-        "tokenizer_max_length": cfg.get("max_token_len", 48),
+        "tokenizer_max_length": cfg.get("max_token_len", RELEASED_PROMPT_LENGTH[variant]),
     }
 
 
 def canonical_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A released state dict under the names of `Pi0FlowModel` (no `model.` prefix, current layout, no heads)."""
+    """A released state dict under the names of `Pi0FlowModel` / `Pi05FlowModel` (no `model.` prefix, current
+    layout, no language-model heads)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         name = key[len("model.") :] if key.startswith("model.") else key
@@ -174,16 +222,19 @@ def canonical_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def load_released_weights(model: torch.nn.Module, directory: str | Path) -> None:
-    """Load a LeRobot/openpi model.safetensors into a `Pi0FlowModel`, strictly (names and shapes)."""
+    """Load a LeRobot/openpi model.safetensors into a flow model, strictly (names and shapes)."""
     from safetensors.torch import load_file
 
     path = Path(directory) / WEIGHTS_NAME
     load_state_dict_strict(model, canonical_state_dict(load_file(str(path))), source=str(path))
 
 
-def check_released_shapes(config: Pi0Config, directory: str | Path) -> None:
-    """Compare the checkpoint's names and shapes with the model `config` describes, before building it (on the
-    meta device, so a mismatch with a multi-GB model fails at once and allocates nothing)."""
+def check_released_shapes(
+    config: Pi0Config, directory: str | Path, model_class: type[torch.nn.Module] | None = None
+) -> None:
+    """Compare the checkpoint's names and shapes with the model `config` describes (`model_class`, pi0's by
+    default), before building it (on the meta device, so a mismatch with a multi-GB model fails at once and
+    allocates nothing)."""
     from safetensors import safe_open
 
     from policies.pi0.modeling_pi0 import Pi0FlowModel
@@ -192,5 +243,5 @@ def check_released_shapes(config: Pi0Config, directory: str | Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         state = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
     with torch.device("meta"):
-        model = Pi0FlowModel(config)
+        model = (model_class or Pi0FlowModel)(config)
     load_state_dict_strict(model, canonical_state_dict(state), source=str(path))

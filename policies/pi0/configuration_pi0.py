@@ -132,8 +132,12 @@ class Pi0Config(PolicyConfig):
     )
     norm_stats: str | None = param(
         None,
-        help="state/action mean-std statistics: openpi norm_stats.json or LeRobot normalizer .safetensors; "
-        "null: identity",
+        help="state/action statistics: openpi norm_stats.json or LeRobot normalizer .safetensors; null: identity",
+    )
+    normalization: Literal["mean_std", "quantile"] = param(
+        "mean_std",
+        help="how norm_stats map states/actions to model units: mean_std ((x - mean) / std, pi0's) or quantile "
+        "(q01 -> -1, q99 -> 1, pi0.5's); a LeRobot checkpoint's normalization_mapping overrides it",
     )
     empty_cameras: int = param(0, help="extra masked cameras (all -1) appended after the env's cameras", ge=0)
     dtype: Literal["float32", "bfloat16"] = param("float32", help="weights and activations (bf16 on GPU)")

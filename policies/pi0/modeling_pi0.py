@@ -15,6 +15,11 @@ Position ids count valid tokens (cumsum(valid) - 1).
 
 Time convention (openpi's): t = 1 is noise, t = 0 the data; x_t = t * noise + (1 - t) * actions, and the
 network predicts the velocity u_t = noise - actions.
+
+`PaliGemmaFlowModel` is what pi0 and pi0.5 share (prefix, KV cache, joint pass, loss, sampling); a subclass
+defines the suffix (`embed_suffix`) and how the expert is conditioned on time (`expert_condition`): pi0 mixes the
+time embedding into every action token (`Pi0FlowModel`), pi0.5 feeds it to adaptive norms
+(`policies.pi05.modeling_pi05.Pi05FlowModel`).
 """
 
 from __future__ import annotations
@@ -85,10 +90,12 @@ class Projector(nn.Module):
 
 
 class PaliGemmaWithExpert(nn.Module):
-    def __init__(self, config: Pi0Config) -> None:
+    """SigLIP, the projector and PaliGemma's Gemma, beside the action expert (adaptive norms with `expert_cond_dim`)."""
+
+    def __init__(self, config: Pi0Config, expert_cond_dim: int | None = None) -> None:
         super().__init__()
         language_model = GemmaModel(config.vlm, config.vocab_size)
-        expert_model = GemmaModel(config.expert, None)
+        expert_model = GemmaModel(config.expert, None, cond_dim=expert_cond_dim)
         core = _Container(
             vision_tower=SiglipVisionTower(config.vision),
             multi_modal_projector=Projector(config.vision.hidden_size, config.vlm.width),
@@ -99,19 +106,17 @@ class PaliGemmaWithExpert(nn.Module):
         self.joint = JointTransformer([language_model, expert_model])
 
 
-class Pi0FlowModel(nn.Module):
-    """`embed_prefix`/`embed_suffix`, the prefix KV cache, velocities, the flow-matching loss and sampling."""
+class PaliGemmaFlowModel(nn.Module):
+    """`embed_prefix`, the prefix KV cache, velocities, the flow-matching loss and sampling. Subclasses register
+    `action_in_proj` / `action_out_proj` and their time heads, and define `embed_suffix` and `expert_condition`."""
 
-    def __init__(self, config: Pi0Config) -> None:
+    action_in_proj: nn.Linear
+    action_out_proj: nn.Linear
+
+    def __init__(self, config: Pi0Config, expert_cond_dim: int | None = None) -> None:
         super().__init__()
         self.config = config
-        width = config.expert.width
-        self.paligemma_with_expert = PaliGemmaWithExpert(config)
-        self.state_proj = nn.Linear(config.max_state_dim, width)
-        self.action_in_proj = nn.Linear(config.max_action_dim, width)
-        self.action_out_proj = nn.Linear(width, config.max_action_dim)
-        self.action_time_mlp_in = nn.Linear(2 * width, width)
-        self.action_time_mlp_out = nn.Linear(width, width)
+        self.paligemma_with_expert = PaliGemmaWithExpert(config, expert_cond_dim)
 
     # -- parts of the released layout ---------------------------------------------------------------------------
     @property
@@ -150,21 +155,13 @@ class Pi0FlowModel(nn.Module):
     def embed_suffix(
         self, state: torch.Tensor, x_t: torch.Tensor, time: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Suffix embeddings [B, 1 + C, W_expert] for state [B, S], noisy actions [B, C, A] at times [B]."""
-        dtype = self.dtype
-        state_emb = self.state_proj(state.to(dtype))[:, None]
-        action_emb = self.action_in_proj(x_t.to(dtype))
-        temb = time_embedding(time, action_emb.shape[-1], self.config.min_period, self.config.max_period)
-        temb = temb.to(dtype)[:, None].expand_as(action_emb)
-        mixed = self.action_time_mlp_out(
-            F.silu(self.action_time_mlp_in(torch.cat([action_emb, temb], dim=-1)))
-        )
-        embs = torch.cat([state_emb, mixed], dim=1)
-        b, n = embs.shape[:2]
-        pad = torch.ones(b, n, dtype=torch.bool, device=embs.device)
-        ar = torch.zeros(n, dtype=torch.bool, device=embs.device)
-        ar[:2] = True  # the state token and the first action token open new attention blocks
-        return embs, pad, ar
+        """Suffix embeddings [B, S_suffix, W_expert], valid mask and ar flags for state [B, max_state_dim], noisy
+        actions [B, C, A] at times [B]."""
+        raise NotImplementedError
+
+    def expert_condition(self, time: torch.Tensor) -> torch.Tensor | None:
+        """The condition [B, cond_dim] of the expert's adaptive norms at times [B]; None without them."""
+        return None
 
     # -- the two execution paths -------------------------------------------------------------------------------
     def prefix_pass(self, inputs: Pi0Inputs) -> PrefixCache:
@@ -183,7 +180,10 @@ class Pi0FlowModel(nn.Module):
         prefix_cols = cache.pad_masks[:, None, :].expand(b, n, -1)
         mask = torch.cat([prefix_cols, make_att_2d_masks(pad, ar)], dim=2)
         positions = cache.pad_masks.sum(dim=1, keepdim=True) + torch.cumsum(pad, dim=1) - 1
-        (_, out), _ = self.paligemma_with_expert.joint([None, embs], positions, mask, cache=cache.kv)
+        conds = [None, self.expert_condition(time)]
+        (_, out), _ = self.paligemma_with_expert.joint(
+            [None, embs], positions, mask, cache=cache.kv, conds=conds
+        )
         velocity = self.action_out_proj(out[:, -self.config.chunk_size :])
         return velocity.float(), out
 
@@ -194,7 +194,8 @@ class Pi0FlowModel(nn.Module):
         pad = torch.cat([prefix_pad, suffix_pad], dim=1)
         mask = make_att_2d_masks(pad, torch.cat([prefix_ar, suffix_ar]))
         positions = torch.cumsum(pad, dim=1) - 1
-        (_, out), _ = self.paligemma_with_expert.joint([prefix, suffix], positions, mask)
+        conds = [None, self.expert_condition(time)]
+        (_, out), _ = self.paligemma_with_expert.joint([prefix, suffix], positions, mask, conds=conds)
         return self.action_out_proj(out[:, -self.config.chunk_size :]).float()
 
     # -- flow matching -----------------------------------------------------------------------------------------
@@ -227,3 +228,35 @@ class Pi0FlowModel(nn.Module):
             v, _ = self.denoise_step(cache, inputs.state, x, torch.full((x.shape[0],), t, device=x.device))
             x = x + dt * v
         return x
+
+
+class Pi0FlowModel(PaliGemmaFlowModel):
+    """pi0: a state token opens the suffix; each action token is an MLP of [action embedding, time embedding]."""
+
+    def __init__(self, config: Pi0Config) -> None:
+        super().__init__(config)
+        width = config.expert.width
+        self.state_proj = nn.Linear(config.max_state_dim, width)
+        self.action_in_proj = nn.Linear(config.max_action_dim, width)
+        self.action_out_proj = nn.Linear(width, config.max_action_dim)
+        self.action_time_mlp_in = nn.Linear(2 * width, width)
+        self.action_time_mlp_out = nn.Linear(width, width)
+
+    def embed_suffix(
+        self, state: torch.Tensor, x_t: torch.Tensor, time: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Suffix embeddings [B, 1 + C, W_expert] for state [B, S], noisy actions [B, C, A] at times [B]."""
+        dtype = self.dtype
+        state_emb = self.state_proj(state.to(dtype))[:, None]
+        action_emb = self.action_in_proj(x_t.to(dtype))
+        temb = time_embedding(time, action_emb.shape[-1], self.config.min_period, self.config.max_period)
+        temb = temb.to(dtype)[:, None].expand_as(action_emb)
+        mixed = self.action_time_mlp_out(
+            F.silu(self.action_time_mlp_in(torch.cat([action_emb, temb], dim=-1)))
+        )
+        embs = torch.cat([state_emb, mixed], dim=1)
+        b, n = embs.shape[:2]
+        pad = torch.ones(b, n, dtype=torch.bool, device=embs.device)
+        ar = torch.zeros(n, dtype=torch.bool, device=embs.device)
+        ar[:2] = True  # the state token and the first action token open new attention blocks
+        return embs, pad, ar

@@ -39,13 +39,14 @@ from policies.pi0.flow_rl import (
     sde_transition,
     stochastic_mask,
 )
-from policies.pi0.modeling_pi0 import Pi0FlowModel, Pi0Inputs, PrefixCache
+from policies.pi0.modeling_pi0 import PaliGemmaFlowModel, Pi0FlowModel, Pi0Inputs, PrefixCache
 from policies.pi0.processing_pi0 import (
     Normalizer,
     camera_frames,
     encode_prompts,
     images_to_model,
     make_tokenizer,
+    pi0_prompt,
 )
 from policies.supervised import masked_mean
 
@@ -72,10 +73,11 @@ def observation_seeds(fi: dict[str, torch.Tensor], salt: int) -> list[int]:
 class Pi0Policy(Policy):
     config_class = Pi0Config
     config: Pi0Config
+    model_class: type[PaliGemmaFlowModel] = Pi0FlowModel
 
     def __init__(self, config: Pi0Config, env_spec: EnvSpec, released_weights: str | None = None) -> None:
         super().__init__(config, env_spec)
-        self.model = Pi0FlowModel(config)
+        self.model = self.model_class(config)
         if released_weights is not None:
             load_released_weights(self.model, released_weights)
         if config.dtype == "bfloat16":
@@ -100,13 +102,13 @@ class Pi0Policy(Policy):
         """Build; with `pretrained`, the architecture comes from the checkpoint's own config."""
         if not config.pretrained:
             return cls(config, env_spec)
-        info = read_checkpoint_info(config.pretrained)
+        info = read_checkpoint_info(config.pretrained, expected=config.name)
         config = config.replace(**info.architecture)
         if info.kind == "suite":
             policy = cls(config, env_spec)
             policy.load_weights(config.pretrained)
             return policy
-        check_released_shapes(config, config.pretrained)
+        check_released_shapes(config, config.pretrained, cls.model_class)
         return cls(config, env_spec, released_weights=config.pretrained)
 
     def load_weights(self, directory) -> None:
@@ -149,17 +151,21 @@ class Pi0Policy(Policy):
         set_gradient_checkpointing(self, cfg.gradient_checkpointing)
 
     # -- inputs ----------------------------------------------------------------------------------------------------
+    def _prompts(self, tasks: list[str], states: torch.Tensor) -> list[str]:
+        """The language prompts for tasks and normalised states [N, max_state_dim] (pi0's ignore the state)."""
+        return [pi0_prompt(task) for task in tasks]
+
     def _forward_inputs(self, obs: Obs) -> dict[str, torch.Tensor]:
         device = self.times.device
         frames = camera_frames(obs, self.env_spec)
-        ids, masks = encode_prompts(
-            self.tokenizer, list(obs["task_descriptions"]), self.config.tokenizer_max_length
-        )
+        states = self.normalizer.states(obs["states"].to(device))
+        prompts = self._prompts(list(obs["task_descriptions"]), states)
+        ids, masks = encode_prompts(self.tokenizer, prompts, self.config.tokenizer_max_length)
         out = {
             "main_images": frames[0].to(device),
             "lang_tokens": ids.to(device),
             "lang_masks": masks.to(device),
-            "states": self.normalizer.states(obs["states"].to(device)),
+            "states": states,
         }
         if len(frames) > 1:
             out["wrist_images"] = frames[1].to(device)

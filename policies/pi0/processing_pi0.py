@@ -6,7 +6,8 @@
 - Language: the task gets a trailing "\n" and is tokenised with BOS (id 2), right-padded with 0 to
   `tokenizer_max_length` (PaliGemma's convention). The real PaliGemma SentencePiece tokenizer loads from
   `policy.tokenizer`; without one, `WordHashTokenizer` serves tiny models (see its docstring).
-- State and actions: mean/std normalisation (identity without `policy.norm_stats`), zero-padding of the state to
+- State and actions: mean/std normalisation (`policy.normalization: mean_std`, pi0's) or the 1st/99th percentiles
+  mapped to [-1, 1] (`quantile`, pi0.5's); identity without `policy.norm_stats`. The state is zero-padded to
   `max_state_dim`; predicted actions are cut to the env's chunk C and action dims A, then un-normalised.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -140,14 +141,18 @@ def make_tokenizer(config: Pi0Config) -> PromptTokenizer:
     )
 
 
+def pi0_prompt(task: str) -> str:
+    """pi0's prompt: the task and a "\\n" that marks the start of the answer."""
+    return task if task.endswith("\n") else task + "\n"
+
+
 def encode_prompts(
-    tokenizer: PromptTokenizer, tasks: list[str], max_length: int
+    tokenizer: PromptTokenizer, prompts: list[str], max_length: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids [N, max_length] int64 (BOS, the task + "\\n", right-padded with 0, truncated) and masks [N, L] bool."""
-    ids = torch.full((len(tasks), max_length), PAD_TOKEN_ID, dtype=torch.int64)
-    masks = torch.zeros((len(tasks), max_length), dtype=torch.bool)
-    for row, task in enumerate(tasks):
-        prompt = task if task.endswith("\n") else task + "\n"
+    """Ids [N, max_length] int64 (BOS, the prompt, right-padded with 0, truncated) and masks [N, L] bool."""
+    ids = torch.full((len(prompts), max_length), PAD_TOKEN_ID, dtype=torch.int64)
+    masks = torch.zeros((len(prompts), max_length), dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
         tokens = ([BOS_TOKEN_ID] + tokenizer.token_ids(prompt))[:max_length]
         ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
         masks[row, : len(tokens)] = True
@@ -155,23 +160,46 @@ def encode_prompts(
 
 
 # -- normalisation --------------------------------------------------------------------------------------------------
+NormMode = Literal["mean_std", "quantile"]
+# the statistics each mode reads, as named in openpi's norm_stats.json and LeRobot's normalizer files
+NORM_STATS: dict[str, tuple[str, str]] = {"mean_std": ("mean", "std"), "quantile": ("q01", "q99")}
+
+
+def affine_from_stats(
+    mode: NormMode, first: torch.Tensor, second: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offset and scale with model units = (x - offset) / scale.
+
+    mean_std: (x - mean) / (std + 1e-6); quantile: openpi's (x - q01) / (q99 - q01 + 1e-6) * 2 - 1, i.e. q01 -> -1 and
+    q99 -> 1 (LeRobot adds no 1e-6: a relative difference of ~5e-7)."""
+    if mode == "mean_std":
+        return first, second + NORM_EPS
+    half_range = (second - first + NORM_EPS) / 2
+    return first + half_range, half_range
+
+
 class Normalizer(torch.nn.Module):
-    """Mean/std of states and actions (buffers, not saved: they come from `policy.norm_stats`)."""
+    """States and actions to model units and back, as an affine map per dimension (buffers, not saved: they come from
+    `policy.norm_stats` and `policy.normalization`)."""
 
     def __init__(self, config: Pi0Config, spec: EnvSpec) -> None:
         super().__init__()
-        stats = read_norm_stats(Path(config.norm_stats)) if config.norm_stats else {}
+        stats = read_norm_stats(Path(config.norm_stats), config.normalization) if config.norm_stats else {}
         for key, dim in (("state", spec.state_dim), ("actions", spec.action_dim)):
-            mean, std = stats.get(key, ([0.0] * dim, [1.0] * dim))
-            if len(mean) < dim or len(std) < dim:
-                raise ValueError(
-                    f"{config.norm_stats}: {key} statistics have {len(mean)} dims but the env has {dim}; "
-                    "the statistics belong to another robot or dataset"
+            offset, scale = torch.zeros(dim), torch.ones(dim)
+            if key in stats:
+                first, second = (
+                    torch.tensor(stats[key][s], dtype=torch.float32) for s in NORM_STATS[config.normalization]
                 )
-            self.register_buffer(
-                f"{key}_mean", torch.tensor(mean[:dim], dtype=torch.float32), persistent=False
-            )
-            self.register_buffer(f"{key}_std", torch.tensor(std[:dim], dtype=torch.float32), persistent=False)
+                if len(first) < dim or len(second) < dim:
+                    raise ValueError(
+                        f"{config.norm_stats}: {key} statistics have {len(first)} dims but the env has {dim}; "
+                        "the statistics belong to another robot or dataset"
+                    )
+                offset, scale = affine_from_stats(config.normalization, first[:dim], second[:dim])
+            self.register_buffer(f"{key}_offset", offset, persistent=False)
+            self.register_buffer(f"{key}_scale", scale, persistent=False)
+        self.state_dim = spec.state_dim
         self.max_state_dim, self.max_action_dim = config.max_state_dim, config.max_action_dim
         if spec.state_dim > config.max_state_dim or spec.action_dim > config.max_action_dim:
             raise ValueError(
@@ -181,41 +209,48 @@ class Normalizer(torch.nn.Module):
 
     def states(self, states: torch.Tensor) -> torch.Tensor:
         """[N, D] env states -> [N, max_state_dim] normalised and zero-padded."""
-        x = (states.float() - self.state_mean) / (self.state_std + NORM_EPS)
+        x = (states.float() - self.state_offset) / self.state_scale
         return F.pad(x, (0, self.max_state_dim - x.shape[-1]))
 
     def actions(self, actions: torch.Tensor, chunk: int) -> torch.Tensor:
         """Model actions [N, C_model, A_model] -> env units [N, chunk, A_env]."""
-        x = actions[:, :chunk, : self.actions_mean.shape[0]]
-        return x * (self.actions_std + NORM_EPS) + self.actions_mean
+        x = actions[:, :chunk, : self.actions_offset.shape[0]]
+        return x * self.actions_scale + self.actions_offset
 
     def model_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [N, C, A_env] (demonstrations) -> model units [N, C, max_action_dim]: normalised and
         zero-padded, the inverse of `actions`."""
-        x = (actions.float() - self.actions_mean) / (self.actions_std + NORM_EPS)
+        x = (actions.float() - self.actions_offset) / self.actions_scale
         return F.pad(x, (0, self.max_action_dim - x.shape[-1]))
 
 
-def read_norm_stats(path: Path) -> dict[str, tuple[list[float], list[float]]]:
-    """{"state": (mean, std), "actions": (mean, std)} from openpi's norm_stats.json or LeRobot's normalizer
-    safetensors (keys observation.state.mean/std, action.mean/std)."""
+def read_norm_stats(path: Path, mode: NormMode = "mean_std") -> dict[str, dict[str, list[float]]]:
+    """{"state": {stat: values}, "actions": {...}} with the statistics `mode` needs (mean and std, or q01 and q99),
+    from openpi's norm_stats.json or LeRobot's normalizer safetensors (keys observation.state.<stat>,
+    action.<stat>)."""
     if not path.is_file():
         raise FileNotFoundError(f"policy.norm_stats={path} does not exist")
+    names = NORM_STATS[mode]
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         t = load_file(str(path))
         pairs = {"state": "observation.state", "actions": "action"}
-        missing = [f"{v}.{s}" for v in pairs.values() for s in ("mean", "std") if f"{v}.{s}" not in t]
+        missing = [f"{v}.{s}" for v in pairs.values() for s in names if f"{v}.{s}" not in t]
         if missing:
-            raise ValueError(f"{path} lacks {missing}; expected LeRobot's normalizer processor file")
-        return {k: (t[f"{v}.mean"].tolist(), t[f"{v}.std"].tolist()) for k, v in pairs.items()}
+            raise ValueError(
+                f"{path} lacks {missing}; expected LeRobot's normalizer processor file with {mode} statistics"
+            )
+        return {k: {s: t[f"{v}.{s}"].tolist() for s in names} for k, v in pairs.items()}
     data = json.loads(path.read_text())
     data = data.get("norm_stats", data)
     missing = [k for k in ("state", "actions") if k not in data]
+    missing += [f"{k}.{s}" for k in ("state", "actions") if k in data for s in names if s not in data[k]]
     if missing:
-        raise ValueError(f"{path} lacks {missing}; expected openpi's norm_stats.json layout")
-    return {k: (data[k]["mean"], data[k]["std"]) for k in ("state", "actions")}
+        raise ValueError(
+            f"{path} lacks {missing}; expected openpi's norm_stats.json layout with {mode} statistics"
+        )
+    return {k: {s: data[k][s] for s in names} for k in ("state", "actions")}
 
 
 def camera_frames(obs: Obs, spec: EnvSpec) -> list[torch.Tensor]:

@@ -17,6 +17,7 @@ from policies.pi0.processing_pi0 import (
     Normalizer,
     WordHashTokenizer,
     encode_prompts,
+    pi0_prompt,
     read_norm_stats,
     resize_with_pad,
 )
@@ -255,7 +256,9 @@ def test_word_hash_tokenizer_is_deterministic_and_tells_colours_apart():
     assert len(set(ids.values())) == 6 and all(3 <= i < 1024 for i in ids.values())
     assert tok.token_ids("Move to the RED target.\n") == tok.token_ids("move to the red target .\n")
     assert WordHashTokenizer(1024).token_ids("red") == [ids["red"]]
-    ids_, masks = encode_prompts(tok, ["go red", "a b c d e f g h i j"], max_length=6)
+    ids_, masks = encode_prompts(
+        tok, [pi0_prompt(t) for t in ("go red", "a b c d e f g h i j")], max_length=6
+    )
     assert (
         ids_[0, 0] == 2 and masks[0].tolist() == [True] * 4 + [False] * 2 and ids_[0, 4:].tolist() == [0, 0]
     )
@@ -321,7 +324,7 @@ def test_norm_stats_from_openpi_and_lerobot_files(tmp_path, env_and_obs):
         actions = norm.actions(torch.ones(1, 8, 8), chunk=3)
         assert actions.shape == (1, 3, 2)
         torch.testing.assert_close(actions[0, 0], torch.tensor([2.5, 2.5]), atol=1e-5, rtol=0)
-    assert read_norm_stats(tmp_path / "norm_stats.json")["state"][0] == [1.0, 2.0, 9.0]
+    assert read_norm_stats(tmp_path / "norm_stats.json")["state"]["mean"] == [1.0, 2.0, 9.0]
     (tmp_path / "bad.json").write_text(json.dumps({"state": stats["state"]}))
     with pytest.raises(ValueError, match="lacks \\['actions'\\]"):
         read_norm_stats(tmp_path / "bad.json")
