@@ -18,7 +18,7 @@ from typing import Any
 from algorithms.schema import ConfigError
 from embodied.config import COMPONENTS, ClusterConfig
 from embodied.interrupt import reclaim
-from embodied.placement import Placement, resolve_placement, slot_cores
+from embodied.placement import Placement, count_slots, resolve_placement, slot_cores
 from embodied.worker import MAX_CONCURRENCY, WorkerGroup, WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,8 @@ class Cluster:
         self.num_gpus = int(resources.get("GPU", 0))
         self.num_cpus = float(resources.get("CPU", 0))
         self.device = "cuda" if self.num_gpus else "cpu"
-        num_slots = config.num_slots or (self.num_gpus or max(1, int(self.num_cpus)))
-        if self.num_gpus and num_slots > self.num_gpus:
-            raise ConfigError(
-                f"cluster.num_slots={num_slots} but the cluster has {self.num_gpus} GPU(s); on GPUs a slot is a GPU"
-            )
         try:
+            num_slots = count_slots(config, self.num_gpus, self.num_cpus)
             self.placement: Placement = resolve_placement(config, num_slots, components)
         except ConfigError:
             self.shutdown()

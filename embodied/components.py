@@ -24,10 +24,11 @@ import torch
 
 from algorithms.dapo import GroupBatch, assemble_groups
 from embodied.channel import Channel
+from embodied.checkpoint import load_torch_file
 from embodied.cluster import Cluster
 from embodied.config import EvalConfig, TrainConfig
 from embodied.evaluation import summarize, task_schedules
-from embodied.routing import RolloutPlan, plan_rollout
+from embodied.routing import RolloutPlan, plan_for_placement
 from embodied.worker import WorkerError, wait_all
 from embodied.workers.actor_worker import ActorWorker
 from embodied.workers.env_worker import EnvWorker
@@ -83,15 +84,7 @@ class Components:
         self.round_scores: list[torch.Tensor] = []  # outcome scores [N] of this step's generation rounds
 
     def _plan(self, env: EnvConfig) -> RolloutPlan:
-        slots = self.cluster.placement.slots
-        return plan_rollout(
-            env.num_envs,
-            env.group_size,
-            len(slots["env"]),
-            self.config.rollout.pipeline_stages,
-            len(slots["rollout"]),
-            len(slots["actor"]) if "actor" in slots else 1,
-        )
+        return plan_for_placement(self.cluster.placement.slots, env, self.config.rollout.pipeline_stages)
 
     def _connect(self) -> None:
         timeout = self.config.rollout.channel_timeout_s
@@ -230,7 +223,7 @@ class Components:
         for rank in range(len(self.rollout)):
             path = folder / f"rng_rollout_{rank}.pt"
             if path.is_file():
-                self.rollout.call("set_rng_state", torch.load(path, weights_only=False), ranks=[rank]).wait()
+                self.rollout.call("set_rng_state", load_torch_file(path), ranks=[rank]).wait()
         self.sync_weights()
 
     def load_policy(self, directory: Path) -> None:

@@ -14,7 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from embodied.checkpoint import CONFIG_FILE, find_resume, is_complete, latest_checkpoint, read_counters
+from algorithms.schema import ConfigError
+from embodied.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
+    find_resume,
+    is_complete,
+    latest_checkpoint,
+    read_counters,
+)
 from envs.base import EnvSpec
 from policies.base import CONFIG_NAME, WEIGHTS_NAME, PolicyConfig, make_policy, read_saved_config
 
@@ -22,10 +30,6 @@ ACCEPTED = (
     "a training checkpoint (runs/<name>/<time>/checkpoints/iter_N), a run folder, a policy folder with "
     f"{CONFIG_NAME} + {WEIGHTS_NAME}, `latest` (the newest checkpoint of run.name) or `none` (a fresh policy)"
 )
-
-
-class CheckpointError(ValueError):
-    """`ckpt=` names nothing evaluable, or weights that do not fit the policy config."""
 
 
 @dataclass(frozen=True)
@@ -91,25 +95,35 @@ def _from_checkpoint(checkpoint: Path) -> PolicySource:
     return PolicySource(policy_dir, checkpoint, int(read_counters(checkpoint).get("env_steps", 0)))
 
 
-def check_policy_matches(policy_dir: Path, config: PolicyConfig) -> tuple[EnvSpec, list[str]]:
+EVAL_ADVICE = "evaluate with the config the checkpoint was trained with (omit CONFIG to use the checkpoint's config.yaml)"
+
+
+def check_policy_matches(
+    policy_dir: Path, config: PolicyConfig, advice: str = EVAL_ADVICE
+) -> tuple[EnvSpec, list[str]]:
     """Raise CheckpointError unless the weights in `policy_dir` load into the policy `config` describes (same
     policy type, same parameter names and shapes); the policy is built on the meta device, so nothing is
     allocated. Returns the env spec the checkpoint was made for and the config keys that differ without
-    changing the weights (e.g. a sampling temperature), as `key: checkpoint value -> config value` lines."""
+    changing the weights (e.g. a sampling temperature), as `key: checkpoint value -> config value` lines.
+    `advice` ends the error message: what the user should do."""
     saved_dict, spec = read_saved_config(policy_dir)
     if saved_dict.get("name") != config.name:
         raise CheckpointError(
             f"{policy_dir} holds a {saved_dict.get('name')!r} policy but the config's policy is {config.name!r}: "
-            "evaluate with the config the checkpoint was trained with (omit CONFIG to use the checkpoint's own "
-            f"config.yaml) or choose policy={saved_dict.get('name')}"
+            f"{advice} or choose policy={saved_dict.get('name')}"
         )
-    saved = type(config).from_dict(saved_dict, path="policy")
+    try:
+        saved = type(config).from_dict(saved_dict, path="policy")
+    except ConfigError as exc:
+        raise CheckpointError(
+            f"{policy_dir / CONFIG_NAME} does not describe a policy of this version: {exc}"
+        ) from None
     differing = [
         f"policy.{k}: {v!r} -> {config.to_dict()[k]!r}"
         for k, v in saved.to_dict().items()
         if k != "pretrained" and config.to_dict().get(k) != v
     ]
-    expected = _parameter_shapes(config, spec)
+    expected = parameter_shapes(config, spec)
     if expected is None:  # the policy cannot be built without memory: the rollout workers' strict load checks
         return spec, differing
     stored = _stored_shapes(policy_dir / WEIGHTS_NAME)
@@ -124,13 +138,12 @@ def check_policy_matches(policy_dir: Path, config: PolicyConfig) -> tuple[EnvSpe
         hint = "; the config differs from the checkpoint's in " + ", ".join(differing) if differing else ""
         raise CheckpointError(
             f"the weights in {policy_dir} do not fit the policy config ({len(problems)} parameter(s), e.g. "
-            f"{'; '.join(problems[:3])}){hint}. Evaluate with the config the checkpoint was trained with "
-            "(omit CONFIG to use the checkpoint's config.yaml) or set the differing policy keys."
+            f"{'; '.join(problems[:3])}){hint}. {advice[0].upper()}{advice[1:]} or set the differing policy keys."
         )
     return spec, differing
 
 
-def _parameter_shapes(config: PolicyConfig, spec: EnvSpec) -> dict[str, tuple[int, ...]] | None:
+def parameter_shapes(config: PolicyConfig, spec: EnvSpec) -> dict[str, tuple[int, ...]] | None:
     """Parameter names and shapes of the policy, built on the meta device; None for policies whose
     construction needs real tensors (e.g. pi0 reads values while it initialises)."""
     import torch

@@ -78,6 +78,16 @@ class Placement:
         return f"{self.mode} placement on {self.num_slots} slots: {parts}"
 
 
+def count_slots(config: ClusterConfig, num_gpus: int, num_cpus: float) -> int:
+    """The slots of a cluster with these resources: `cluster.num_slots`, else its GPUs, else one per CPU."""
+    num_slots = config.num_slots or (num_gpus or max(1, int(num_cpus)))
+    if num_gpus and num_slots > num_gpus:
+        raise ConfigError(
+            f"cluster.num_slots={num_slots} but the cluster has {num_gpus} GPU(s); on GPUs a slot is a GPU"
+        )
+    return num_slots
+
+
 def resolve_placement(
     config: ClusterConfig, num_slots: int, components: tuple[str, ...] = COMPONENTS
 ) -> Placement:

@@ -14,10 +14,11 @@ says which rollout worker sends which piece of which round to which actor.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from algorithms.schema import ConfigError
+from envs.base import EnvConfig
 
 
 @dataclass(frozen=True)
@@ -148,3 +149,17 @@ def plan_rollout(
         for u in range(units)
     )
     return RolloutPlan(num_envs, plan_units, rollout_workers, actor_workers)
+
+
+def plan_for_placement(
+    slots: Mapping[str, tuple[int, ...]], env: EnvConfig, pipeline_stages: int
+) -> RolloutPlan:
+    """The plan of a placement's worker counts (one worker per slot; no actor group: one actor rank)."""
+    return plan_rollout(
+        env.num_envs,
+        env.group_size,
+        len(slots["env"]),
+        pipeline_stages,
+        len(slots["rollout"]),
+        len(slots["actor"]) if "actor" in slots else 1,
+    )

@@ -166,18 +166,16 @@ class Runner:
         return metrics
 
     def save_checkpoint(self) -> Path:
-        """Written whole even when Ctrl-C comes meanwhile (the interruption follows the commit)."""
+        """Written whole even when Ctrl-C comes meanwhile (the interruption follows the commit); a full disk
+        raises CheckpointWriteError and leaves the previous checkpoint as it was."""
         c = self.counters
         with protected():
-            folder = self.checkpointer.begin(c.iteration)
-            self.workers.save_checkpoint(folder)
-            wall = c.wall_seconds + time.monotonic() - self.started
             counters = {
                 "env_steps": c.env_steps,
-                "wall_seconds": wall,
+                "wall_seconds": c.wall_seconds + time.monotonic() - self.started,
                 "weight_version": self.workers.version,
             }
-            return self.checkpointer.commit(folder, c.iteration, counters, self.config_tree)
+            return self.checkpointer.save(c.iteration, self.workers.save_checkpoint, counters, self.config_tree)
 
     def _finish(self, evaluated_at: int | None, checkpointed_at: int | None) -> None:
         c, config = self.counters, self.config

@@ -4,7 +4,8 @@
     key=value    override any key (actor.lr=1e-4, env.num_envs=16, cluster=disaggregated, resume=auto)
     --help       this text and the named configs;  describe [CONFIG] [key=value ...]: every key, its value and help
 
-Exit codes: 0 done, 1 a worker failed, 2 a bad config, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
+Exit codes: 0 done, 1 a worker failed (or a checkpoint could not be written), 2 a bad config or checkpoint
+(checked before Ray starts: embodied/preflight.py), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
 Ctrl-C stops the run at once (a checkpoint being written is completed first), shuts the workers and Ray down
 and prints the command that resumes from the last complete checkpoint; a second Ctrl-C force-exits.
 """
@@ -42,9 +43,11 @@ def train(config, config_tree: dict, started: float | None = None) -> dict[str, 
     (Ctrl-C, SIGTERM; see embodied.interrupt) leaves with the run folder in its `run_dir`."""
     from embodied.checkpoint import find_resume
     from embodied.interrupt import Interrupted
+    from embodied.preflight import check_before_start
 
     runs_of_name = _output_root(config) / config.run.name
     resume_target = find_resume(config.resume, runs_of_name) if config.resume else None
+    check_before_start(config, resume_target)  # before Ray or a simulator starts
     run_dir = resume_target[0] if resume_target else runs_of_name / time.strftime("%Y%m%d-%H%M%S")
     try:
         return _train(config, config_tree, run_dir, resume_target, started)
@@ -177,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    except (WorkerError, ClusterError) as exc:
+    except CheckpointError as exc:
+        print(f"checkpoint error: {exc}", file=sys.stderr)
+        return 2
+    except (WorkerError, ClusterError, CheckpointWriteError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
@@ -186,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(exc)
     if metrics:
         print("final eval: " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items())), flush=True)
+    from embodied.checkpoint import CheckpointError, CheckpointWriteError
     return 0
 
 

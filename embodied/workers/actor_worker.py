@@ -18,6 +18,7 @@ import torch
 from algorithms.config import AlgorithmConfig
 from embodied import fsdp
 from embodied.channel import Channel
+from embodied.checkpoint import OPTIMIZER_FILE, CheckpointError, load_torch_file
 from embodied.config import ActorConfig
 from embodied.devices import move_module, move_optimizer, release_cache
 from embodied.routing import RolloutPlan
@@ -26,8 +27,6 @@ from embodied.trajectory import TrainBatch, Trajectory, build_train_batch, token
 from embodied.worker import Worker, WorkerInfo
 from envs.base import EnvSpec
 from policies.base import Policy, PolicyConfig, make_policy
-
-OPTIMIZER_FILE = "optimizer.pt"
 
 
 class ActorWorker(Worker):
@@ -175,12 +174,17 @@ class ActorWorker(Worker):
         folder = Path(directory)
         self._onload()
         fsdp.load_full_state_dict(self.policy, load_file(str(folder / "policy" / WEIGHTS_NAME)))
-        optimizer = torch.load(folder / OPTIMIZER_FILE, weights_only=False)
-        fsdp.load_full_optimizer_state(self.policy, self.optimizer, optimizer)
+        optimizer_file = folder / OPTIMIZER_FILE
+        try:
+            fsdp.load_full_optimizer_state(self.policy, self.optimizer, load_torch_file(optimizer_file))
+        except (KeyError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(f"{optimizer_file} does not fit this policy's optimizer: {exc}") from None
         self._offload()
         rng_file = folder / f"rng_actor_{self.info.rank}.pt"
         if rng_file.is_file():  # absent when the checkpoint had fewer actor ranks
-            saved = torch.load(rng_file, weights_only=False)
+            saved = load_torch_file(rng_file)
             self.set_rng_state(saved["rng"])
             self.generator.set_state(saved["generator"])
         self.version = json.loads((folder / "actor.json").read_text())["version"]

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from embodied.checkpoint import Checkpointer, find_resume, latest_checkpoint, list_checkpoints
+from embodied.checkpoint import (
+    LAYOUT_VERSION,
+    Checkpointer,
+    CheckpointError,
+    find_resume,
+    latest_checkpoint,
+    list_checkpoints,
+)
 from embodied.config import LoggerConfig
 from embodied.evaluation import EvalEpisodes, evaluate_in_process, split_ids, summarize
 from envs.base import EnvConfig, make_env
@@ -71,7 +78,9 @@ def test_checkpoints_are_complete_pruned_and_found(tmp_path):
     assert names == ["iter_000002", "iter_000003"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "iter_000003"
     latest = latest_checkpoint(run)
-    assert json.loads((latest / "state.json").read_text()) == {"iteration": 3, "env_steps": 30}
+    state = json.loads((latest / "state.json").read_text())
+    assert state["iteration"] == 3 and state["env_steps"] == 30 and state["layout"] == LAYOUT_VERSION
+    assert state["files"]["weights.bin"] == 10 and state["files"]["config.yaml"] > 0
     assert (latest / "config.yaml").is_file() and (latest / "rng_driver.pt").is_file()
     # a half-written checkpoint (killed before the rename) is invisible
     checkpointer.begin(4)
@@ -83,7 +92,7 @@ def test_checkpoints_are_complete_pruned_and_found(tmp_path):
 
 def test_resume_lookups_that_find_nothing(tmp_path):
     assert find_resume("auto", tmp_path / "nothing") is None
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint there"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint there"):
         find_resume(str(tmp_path), tmp_path)
 
 
