@@ -11,6 +11,7 @@ Each policy turns the batch into its own model inputs and targets (`Policy.super
 processing and action normalisation as at rollout, and reduces with one of these:
 - `action_mse`: Gaussian MLP/CNN policies, squared error of the action mean (the deterministic action);
 - `token_cross_entropy`: OpenVLA and OpenVLA-OFT, cross-entropy of the demo's action tokens;
+- `action_l1`: OpenVLA-OFT with `action_head: l1`, OFT's L1 regression of the normalised actions;
 - pi0: `Pi0FlowModel.flow_matching_loss` (openpi's `compute_loss`, checked against openpi's outputs) reduced
   with `masked_mean` over the valid steps.
 Every loss is a mean over the valid entries, so the padded steps of short episodes count for nothing.
@@ -24,7 +25,7 @@ import torch
 
 from algorithms.masked import masked_mean
 
-__all__ = ["SupervisedBatch", "action_mse", "masked_mean", "token_cross_entropy"]
+__all__ = ["SupervisedBatch", "action_l1", "action_mse", "masked_mean", "token_cross_entropy"]
 
 SupervisedBatch = dict[str, Any]  # an observation batch plus "actions" [B, C, A] and "action_mask" [B, C]
 
@@ -35,6 +36,14 @@ def action_mse(mean: torch.Tensor, target: torch.Tensor, action_mask: torch.Tens
     mean, target: [B, C, A]; action_mask: [B, C] bool.
     """
     return masked_mean((mean.float() - target.float()) ** 2, action_mask)
+
+
+def action_l1(mean: torch.Tensor, target: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over valid steps and action dims of |mean - target| (OFT's L1 regression loss).
+
+    mean, target: [B, C, A]; action_mask: [B, C] bool.
+    """
+    return masked_mean((mean.float() - target.float()).abs(), action_mask)
 
 
 def token_cross_entropy(

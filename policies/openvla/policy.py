@@ -60,7 +60,9 @@ from policies.supervised import masked_mean, token_cross_entropy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Modules beside the released network, saved under their own names; a checkpoint without them leaves them fresh.
-HEADS = ("value_head", "proprio_projector")
+HEADS = ("value_head", "proprio_projector", "action_head", "action_std")
+# Heads that map hidden states to actions: they train fully next to LoRA adapters, as the value head does.
+ACTION_HEADS = ("action_head", "action_std")
 HEAD_PREFIXES = tuple(name + "." for name in HEADS)
 MAX_SHARD_BYTES = 5 * 2**30
 
@@ -90,6 +92,7 @@ class OpenVLAPolicyBase(Policy):
             else None
         )
         self.proprio_projector = self.build_proprio_projector()
+        self.action_head, self.action_std = self.build_action_head()
         self.processor = self._build_processor(ckpt)
         if not meta_device:
             self._finish_setup()
@@ -122,11 +125,18 @@ class OpenVLAPolicyBase(Policy):
         """The module that turns `inputs["proprio"]` into extra prefix embeddings; none for OpenVLA."""
         return None
 
+    def build_action_head(self) -> tuple[nn.Module | None, nn.Module | None]:
+        """(a head that decodes actions from the action window's hidden states, its noise); none for OpenVLA,
+        whose actions are the language model's tokens."""
+        return None, None
+
     def _finish_setup(self) -> None:
         """Weight dtype, LoRA and gradient checkpointing, once the weights are final."""
         self.model.to(DTYPES[self.config.dtype])
         if self.config.lora.enabled:
-            apply_lora(self, self.config.lora)
+            heads = [name for name in ACTION_HEADS if getattr(self, name) is not None]
+            lora = self.config.lora
+            apply_lora(self, lora.replace(always_train=[*lora.always_train, *heads]))
         set_gradient_checkpointing(self, self.config.gradient_checkpointing)
 
     # -- released layout ------------------------------------------------------------------------------------

@@ -207,19 +207,28 @@ class ActionBins:
 
     def to_env_units(self, token_index: torch.Tensor) -> torch.Tensor:
         """Action-token indices [..., A] -> un-normalised actions [..., A] (float64)."""
-        norm = self.normalized(token_index)
+        return self.unnormalize(self.normalized(token_index))
+
+    def unnormalize(self, norm: torch.Tensor) -> torch.Tensor:
+        """Normalised actions [..., A] (q01 -> -1, q99 -> 1 on dims with mask True) -> env units (float64)."""
+        norm = norm.double()
         q01, q99, mask = (t.to(norm.device) for t in (self.q01, self.q99, self.mask))
         return torch.where(mask, 0.5 * (norm + 1.0) * (q99 - q01) + q01, norm)
+
+    def normalize(self, actions: torch.Tensor) -> torch.Tensor:
+        """Env-unit actions [..., A] -> normalised actions clipped to [-1, 1] (float64), as OFT's data pipeline
+        (BOUNDS_Q99) gives its demonstrations to the model."""
+        a = actions.double()
+        q01, q99, mask = (t.to(a.device) for t in (self.q01, self.q99, self.mask))
+        return torch.where(mask, 2.0 * (a - q01) / (q99 - q01 + 1e-8) - 1.0, a).clamp(-1.0, 1.0)
 
     def token_index(self, actions: torch.Tensor) -> torch.Tensor:
         """Env-unit actions [..., A] -> action-token indices [..., A] int64: the tokens a demonstration is trained
         on. As OpenVLA's ActionTokenizer: normalised with q01/q99 (dims with mask True), clipped to [-1, 1],
         binned with `np.digitize` on the bin edges (d in 1..n_bins), token index n_bins - d; `to_env_units` of
         the result is the action to within a bin."""
-        a = actions.double()
-        q01, q99, mask = (t.to(a.device) for t in (self.q01, self.q99, self.mask))
-        norm = torch.where(mask, 2.0 * (a - q01) / (q99 - q01 + 1e-8) - 1.0, a).clamp(-1.0, 1.0)
-        return self.n_bins - torch.bucketize(norm, self.edges.to(a.device), right=True)
+        norm = self.normalize(actions)
+        return self.n_bins - torch.bucketize(norm, self.edges.to(norm.device), right=True)
 
 
 class ProprioNormalizer:

@@ -6,8 +6,9 @@ OFT's fine-tuning script saves each extra module with `torch.save(module.state_d
 saved, so their parameter names usually carry a `module.` prefix (`module.fc1.weight`). The proprio projector is
 `fc1` (proprio_dim -> llm_dim) -> GELU -> `fc2` (llm_dim -> llm_dim).
 
-This policy reads the proprio projector from such a file when the safetensors weights lack it. It does not use
-the action head: that is OFT's continuous L1-regression head, while this policy decodes discrete action tokens.
+This policy reads the proprio projector from such a file when the safetensors weights lack it, and, with
+`policy.action_head: l1`, OFT's continuous L1-regression action head (`action_head.py`); with the default
+discrete action tokens it does not use the action head and says so.
 """
 
 from __future__ import annotations
@@ -59,13 +60,13 @@ def pick_released_file(directory: str | Path, module: str, step: int | None) -> 
         if step not in files:
             raise FileNotFoundError(
                 f"{directory} has no {module}--{step}_checkpoint.pt (it has: {names or 'none'}); set "
-                "policy.proprio_projector_step to one of its steps, or to null for the highest"
+                f"policy.{module}_step to one of its steps, or to null for the highest"
             )
         return files[step][0]
     if unnumbered and (files or len(unnumbered) > 1):
         raise ValueError(
             f"{directory} holds several {module} files and not all name a step ({names}); keep only the one "
-            "to load, or set policy.proprio_projector_step"
+            f"to load, or set policy.{module}_step"
         )
     if unnumbered:
         return unnumbered[0]
@@ -82,33 +83,55 @@ def read_released_state(path: str | Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix(DDP_PREFIX): tensor for key, tensor in state.items()}
 
 
-def load_released_proprio_projector(projector: nn.Module, path: str | Path, state_dim: int) -> None:
-    """Copy the weights of OFT's `proprio_projector--*.pt` file into `projector` (cast to its dtype).
+def load_released_module(module: nn.Module, name: str, path: str | Path, fix: str) -> None:
+    """Copy the weights of OFT's `<name>--*.pt` file into `module` (cast to its dtype), strictly.
 
-    Shapes are checked first, so that a mismatch names the parameter and says which side to change."""
-    state = {f"proprio_projector.{k}": v for k, v in read_released_state(path).items()}
-    own = {f"proprio_projector.{k}": v for k, v in projector.state_dict().items()}
-    for name, tensor in state.items():
-        if name in own and tuple(own[name].shape) != tuple(tensor.shape):
+    Shapes are checked first, so that a mismatch names the parameter, both shapes and `fix` (what to change)."""
+    state = {f"{name}.{k}": v for k, v in read_released_state(path).items()}
+    own = {f"{name}.{k}": v for k, v in module.state_dict().items()}
+    for key, tensor in state.items():
+        if key in own and tuple(own[key].shape) != tuple(tensor.shape):
             raise ValueError(
-                f"{path}: parameter {name!r} has shape {tuple(tensor.shape)} in the file but "
-                f"{tuple(own[name].shape)} in the model (env state_dim={state_dim}, language model width "
-                f"{own['proprio_projector.fc2.weight'].shape[0]}); use an env whose states have the checkpoint's "
-                "proprio_dim (OFT's LIBERO checkpoints: 8) and the checkpoint the file was trained with"
+                f"{path}: parameter {key!r} has shape {tuple(tensor.shape)} in the file but "
+                f"{tuple(own[key].shape)} in the model; {fix}"
             )
-    load_state_dict_strict(nn.ModuleDict({"proprio_projector": projector}), state, source=str(path))
-    logger.info("OpenVLA-OFT: proprio projector read from %s", path)
+    load_state_dict_strict(nn.ModuleDict({name: module}), state, source=str(path))
+    logger.info("OpenVLA-OFT: %s read from %s", name, path)
+
+
+def load_released_proprio_projector(projector: nn.Module, path: str | Path, state_dim: int) -> None:
+    """OFT's `proprio_projector--*.pt` into `projector` (fc1: proprio_dim -> llm_dim, fc2: llm_dim -> llm_dim)."""
+    width = projector.fc2.weight.shape[0]
+    load_released_module(
+        projector,
+        "proprio_projector",
+        path,
+        f"the env has state_dim={state_dim} and the language model width {width}; use an env whose states have "
+        "the checkpoint's proprio_dim (OFT's LIBERO checkpoints: 8) and the checkpoint the file was trained with",
+    )
+
+
+def load_released_action_head(head: nn.Module, path: str | Path, action_dim: int, hidden_size: int) -> None:
+    """OFT's `action_head--*.pt` (an `L1RegressionActionHead`) into `head`."""
+    load_released_module(
+        head,
+        "action_head",
+        path,
+        f"the head reads action_dim x width = {action_dim} x {hidden_size} inputs per chunk step and writes "
+        f"{action_dim} action dims; use an env with the checkpoint's action dims (OFT's LIBERO checkpoints: 7) and "
+        "the checkpoint the file was trained with (its language model width: 4096 for OpenVLA-7B)",
+    )
 
 
 def note_unused_action_head(directory: str | Path) -> None:
-    """Log, once per load, that OFT's continuous action head in `directory` is not used."""
+    """Log, once per load, that OFT's continuous action head in `directory` is not used (discrete tokens)."""
     files = released_module_files(directory, "action_head")
     if files:
         name = next(iter(files.values()))[0].name
         logger.warning(
             "OpenVLA-OFT: %s in %s is ignored: it is OFT's L1-regression action head, and this policy decodes "
             "discrete action tokens from the language model head (which an L1-regression checkpoint did not "
-            "train for actions)",
+            "train for actions); set policy.action_head=l1 to decode with it",
             name,
             directory,
         )
