@@ -1,4 +1,4 @@
-"""Policies behind one interface: small Gaussian MLP/CNN policies, OpenVLA, OpenVLA-OFT, pi0, causal LMs."""
+"""Policies behind one interface: small Gaussian MLP/CNN policies, OpenVLA, OpenVLA-OFT, pi0, pi0.5, causal LMs."""
 
 from policies.base import (
     EvaluateOutput,
@@ -16,6 +16,7 @@ policy_registry.register_lazy("cnn", "policies.gaussian")
 policy_registry.register_lazy("openvla", "policies.openvla", extra="vla")
 policy_registry.register_lazy("openvla_oft", "policies.openvla_oft", extra="vla")
 policy_registry.register_lazy("pi0", "policies.pi0", extra="vla")
+policy_registry.register_lazy("pi05", "policies.pi05", extra="vla")
 policy_registry.register_lazy("causal_lm", "policies.causal_lm", extra="llm")
 
 __all__ = [
