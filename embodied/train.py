@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
+    from embodied.checkpoint import CheckpointError, CheckpointWriteError
     from embodied.cluster import ClusterError
     from embodied.interrupt import exit_code, handling_signals, shutdown_ray_if_left
     from embodied.worker import WorkerError
@@ -192,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(exc)
     if metrics:
         print("final eval: " + "  ".join(f"{k} {v:.3f}" for k, v in sorted(metrics.items())), flush=True)
-    from embodied.checkpoint import CheckpointError, CheckpointWriteError
     return 0
 
 
