@@ -31,10 +31,13 @@ from policies.openvla.configuration_openvla import (
 from policies.openvla.processing_openvla import ByteTokenizer
 
 INDEX_NAME = "model.safetensors.index.json"
+# A fine-tuning run's dataset statistics beside the weights (OpenVLA's and OFT's fine-tuning scripts write it;
+# OFT's evaluation reads the un-normalisation statistics from it rather than from config.json).
+DATASET_STATISTICS = "dataset_statistics.json"
 # Files next to the weights that describe how to use them; copied when a loaded checkpoint is saved again.
 AUX_FILES = (
     "generation_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer.model",
-    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "dataset_statistics.json",
+    "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", DATASET_STATISTICS,
 )  # fmt: skip
 
 DEFAULT_IMAGE_SIZE = {"tiny": 56, "openvla-7b": 224}
@@ -72,6 +75,10 @@ def _architecture_of(directory: Path, seen: list[str]) -> tuple[OpenVLACheckpoin
         )
     meta = json.loads(path.read_text())
     if "text_config" in meta:
+        # a fine-tuned release (OpenVLA-OFT's) keeps its datasets' statistics beside config.json, as OFT reads them
+        stats_file = directory / DATASET_STATISTICS
+        if stats_file.is_file():
+            meta["norm_stats"] = {**meta.get("norm_stats", {}), **json.loads(stats_file.read_text())}
         return OpenVLACheckpointConfig.from_dict(meta), str(directory)
     if "policy" not in meta:
         raise ValueError(f"{path} describes neither an OpenVLA checkpoint nor a checkpoint of this suite")

@@ -88,6 +88,22 @@ def test_released_action_head_loads_with_the_published_names_and_shapes(tmp_path
         l1_policy(pretrained=str(tmp_path))
 
 
+def test_a_fine_tuned_release_unnormalises_with_its_dataset_statistics(tmp_path):
+    """OFT's evaluation reads the un-normalisation statistics from dataset_statistics.json beside the weights."""
+    import json
+
+    released_layout(tmp_path, l1_policy().model.hidden_size)
+    stats = {"q01": [-0.5, 0.0, 1.0], "q99": [0.5, 2.0, 3.0], "mask": [True, True, False]}
+    (tmp_path / "dataset_statistics.json").write_text(
+        json.dumps({"libero_spatial_no_noops": {"action": stats}})
+    )
+    policy = l1_policy(pretrained=str(tmp_path), unnorm_key="libero_spatial_no_noops")
+    normalized = torch.tensor([[-1.0, 0.0, 0.25]])
+    torch.testing.assert_close(
+        policy.processor.bins.unnormalize(normalized).float(), torch.tensor([[-0.5, 1.0, 0.25]])
+    )
+
+
 def test_a_file_of_another_shape_names_the_parameter(tmp_path):
     hidden = l1_policy().model.hidden_size
     state = released_layout(tmp_path, hidden)
