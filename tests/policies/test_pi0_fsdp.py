@@ -1,10 +1,13 @@
-"""pi0 under FSDP2 (two gloo ranks on CPU, every decoder and encoder layer its own unit, as the actor runs it):
-evaluate gives the unsharded policy's log-probs, values and gradients, with and without gradient checkpointing."""
+"""pi0 and pi0.5 under FSDP2 (two gloo ranks on CPU, every decoder and encoder layer its own unit, as the actor runs
+it): evaluate gives the unsharded policy's log-probs, values and gradients, with and without gradient checkpointing
+(pi0.5: its adaptive norms' modulation is computed inside the sharded layers)."""
 
 import json
 
 import torch
 import torch.multiprocessing as mp
+
+CASES = (("pi0", False), ("pi0", True), ("pi05", True))
 
 
 def _rank(rank: int, port: int, out: str) -> None:
@@ -14,25 +17,31 @@ def _rank(rank: int, port: int, out: str) -> None:
 
     torch.set_num_threads(1)
     init_process_group("127.0.0.1", port, rank, 2, "cpu")
-    results = {str(c): _compare(c) for c in (False, True)}
+    results = {f"{name}, checkpointing={c}": _compare(name, c) for name, c in CASES}
     if rank == 0:
         with open(out, "w") as f:
             json.dump(results, f)
     dist.destroy_process_group()
 
 
-def _compare(checkpointing: bool) -> dict[str, float]:
+def _compare(name: str, checkpointing: bool) -> dict[str, float]:
     from embodied.fsdp import shard
     from envs.base import make_env
     from envs.colour_targets import ColourTargetsConfig
     from policies import make_policy
-    from policies.pi0 import Pi0Config
+    from policies.base import PolicyConfig
 
     env = make_env(ColourTargetsConfig(num_envs=4))
     obs = env.reset(seed=0)
     torch.manual_seed(0)
-    sharded = make_policy(Pi0Config(chunk_size=4, gradient_checkpointing=checkpointing), env.spec)
-    plain = make_policy(Pi0Config(chunk_size=4), env.spec)
+    config = PolicyConfig.subclass_for(name)(chunk_size=4)
+    sharded = make_policy(config.replace(gradient_checkpointing=checkpointing), env.spec)
+    with torch.no_grad():
+        for p in sharded.parameters():
+            p.add_(
+                0.05 * torch.randn_like(p)
+            )  # off the zero initialisation of the heads and adaRMS modulations
+    plain = make_policy(config, env.spec)
     plain.load_state_dict(sharded.state_dict())
     torch.manual_seed(1)
     fi = plain.predict(obs).forward_inputs
@@ -58,6 +67,8 @@ def test_fsdp2_sharded_evaluate_matches_the_plain_policy(tmp_path):
 
     out = tmp_path / "result.json"
     mp.spawn(_rank, args=(free_port(), str(out)), nprocs=2)
-    for checkpointing, result in json.loads(out.read_text()).items():
-        assert result["logprob_err"] < 1e-5 and result["value_err"] < 1e-5, checkpointing
-        assert result["grad_err"] < 1e-4, checkpointing
+    results = json.loads(out.read_text())
+    assert len(results) == len(CASES)
+    for case, result in results.items():
+        assert result["logprob_err"] < 1e-5 and result["value_err"] < 1e-5, case
+        assert result["grad_err"] < 1e-4, case
