@@ -49,6 +49,9 @@ def offload_when_idle(config: TrainConfig, cluster: Cluster) -> bool:
 class Components:
     """Env, rollout and actor worker groups on a `Cluster` (see the module docstring)."""
 
+    # the class of the actor ranks: supervised fine-tuning starts its subclass (embodied/sft_runner.py)
+    actor_worker: type[ActorWorker] = ActorWorker
+
     def __init__(self, cluster: Cluster, config: TrainConfig) -> None:
         self.cluster, self.config = cluster, config
         self.generation = 0  # of the env workers (replace_env); names the channels between env and rollout
@@ -62,7 +65,7 @@ class Components:
         if with_actor:
             self.actor = cluster.spawn(
                 "actor",
-                ActorWorker,
+                self.actor_worker,
                 config.policy,
                 config.actor,
                 config.algorithm,

@@ -84,9 +84,12 @@ def _compose(config_dir: Path, name: str, choices: list[str]) -> Any:
         raise ConfigError(f"cannot compose config {name!r}: {exc}") from None
 
 
-def load_config(config: str, overrides: Sequence[str] = ()) -> tuple[TrainConfig, dict[str, Any]]:
-    """Compose `config` (a name in configs/ or a YAML path) with `overrides`; return the validated
-    `TrainConfig` and the resolved plain tree (what is logged and stored in checkpoints)."""
+def load_config(
+    config: str, overrides: Sequence[str] = (), schema: type[TrainConfig] = TrainConfig
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """Compose `config` (a name in configs/ or a YAML path) with `overrides`; return the validated `schema`
+    (a `TrainConfig`, or e.g. an `SFTConfig`) and the resolved plain tree (what is logged and stored in
+    checkpoints)."""
     from omegaconf import OmegaConf
 
     config_dir, name = _locate(config)
@@ -100,7 +103,7 @@ def load_config(config: str, overrides: Sequence[str] = ()) -> tuple[TrainConfig
     run = tree.setdefault("run", {})
     if isinstance(run, dict):  # anything else fails validation below, with the key named
         run.setdefault("name", name)
-    typed = TrainConfig.from_dict(tree)
+    typed = schema.from_dict(tree)
     return typed, typed.to_dict()
 
 

@@ -4,7 +4,7 @@ On CPU the process group is gloo; on GPU it is NCCL for CUDA tensors with gloo b
 (full state dicts are gathered with CPU offload). Each actor worker is one rank; Ray gives it its own GPU
 (or CPU cores). The policy names submodules to shard as their own FSDP2 units (`Policy.fsdp_units`, e.g.
 transformer layers); the policy itself is always the root unit, and its
-`evaluate` method runs under FSDP2's hooks like `forward` does.
+`evaluate` and `supervised_loss` methods run under FSDP2's hooks like `forward` does.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def shard(policy: Policy, device: str, precision: str, reshard_after_forward: bo
     for unit in policy.fsdp_units():
         fully_shard(unit, **kwargs)
     fully_shard(policy, **kwargs)
-    register_fsdp_forward_method(policy, "evaluate")
+    # forward passes besides forward: they gather the shards too
+    for method in ("evaluate", "supervised_loss"):
+        register_fsdp_forward_method(policy, method)
     return policy
 
 

@@ -95,13 +95,29 @@ class MetricLogger:
             self.wandb.finish()
 
 
-class Progress:
-    """Iteration, env steps, success rate, return, env steps/s and ETA: a rich bar on a terminal, plain lines
-    otherwise."""
+# (metric key, label, format) of the progress line of a training run
+TRAINING_FIELDS = (
+    ("env/success_once", "success", "{:.2f}"),
+    ("env/return", "return", "{:.2f}"),
+    ("eval/success_once", "eval", "{:.2f}"),
+    ("throughput/env_steps_per_s", "steps/s", "{:.0f}"),
+)
 
-    def __init__(self, total_env_steps: int, style: str, start_steps: int = 0) -> None:
+
+class Progress:
+    """Iteration, steps (env steps; optimizer steps in supervised runs), the metrics of `fields` and the ETA:
+    a rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(
+        self,
+        total_env_steps: int,
+        style: str,
+        start_steps: int = 0,
+        fields: tuple[tuple[str, str, str], ...] = TRAINING_FIELDS,
+    ) -> None:
         self.total = total_env_steps
         self.start_steps = start_steps
+        self.fields = fields
         self.started = time.monotonic()
         self.rich = style == "rich" or (style == "auto" and sys.stdout.isatty())
         self._bar = None
@@ -134,12 +150,7 @@ class Progress:
             "?" if eta is None else time.strftime("%M:%S" if eta < 3600 else "%H:%M:%S", time.gmtime(eta))
         )
         parts = [f"it {iteration}", f"steps {env_steps:,}"]
-        for key, label, fmt in (
-            ("env/success_once", "success", "{:.2f}"),
-            ("env/return", "return", "{:.2f}"),
-            ("eval/success_once", "eval", "{:.2f}"),
-            ("throughput/env_steps_per_s", "steps/s", "{:.0f}"),
-        ):
+        for key, label, fmt in self.fields:
             if key in metrics:
                 parts.append(f"{label} {fmt.format(metrics[key])}")
         stats = "  ".join(parts)

@@ -67,6 +67,7 @@ def _train(
     from embodied.interrupt import protected
     from embodied.logger import MetricLogger
     from embodied.runner import Counters, Runner
+    from policies.base import supervised_note
 
     cluster = Cluster(config.cluster)  # first: a placement that does not fit fails before any file is written
     logger = None
@@ -75,6 +76,8 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_tree, sort_keys=False))
         print(f"run folder: {run_dir}", flush=True)
+        if config.policy.pretrained and (note := supervised_note(config.policy.pretrained)):
+            print(note, flush=True)  # e.g. the value head, which SFT did not train, starts untrained
         # TensorBoard and W&B start (seconds) while the workers start
         with ThreadPoolExecutor(1) as pool:
             pending_logger = pool.submit(MetricLogger, run_dir, config.logger, config_tree, config.run.name)
@@ -123,8 +126,9 @@ def launch_command(argv: list[str], module: str) -> list[str]:
     return ["python" if same else sys.executable, "-m", module, *argv]
 
 
-def interrupted_message(exc: KeyboardInterrupt, argv: list[str]) -> str:
-    """One line: what stopped the run, its last complete checkpoint and the exact command that resumes it."""
+def interrupted_message(exc: KeyboardInterrupt, argv: list[str], module: str = "embodied.train") -> str:
+    """One line: what stopped the run, its last complete checkpoint and the exact command that resumes it
+    (`module`: the one `python -m` runs, when no launcher script set INFLOW_LAUNCHER)."""
     from embodied.checkpoint import latest_checkpoint, read_counters
     from embodied.interrupt import Interrupted
 
@@ -132,13 +136,19 @@ def interrupted_message(exc: KeyboardInterrupt, argv: list[str]) -> str:
     run_dir = getattr(exc, "run_dir", None)
     checkpoint = latest_checkpoint(run_dir) if run_dir is not None else None
     if checkpoint is None:
-        again = shlex.join(launch_command(argv, "embodied.train"))
+        again = shlex.join(launch_command(argv, module))
         return f"{what} before the first checkpoint was written; nothing to resume. Start again with: {again}"
     state = read_counters(checkpoint)
     resume = [a for a in argv if not a.startswith("resume=")] + [f"resume={run_dir}"]
+    # supervised runs count optimizer steps (embodied/sft.py), RL runs env steps
+    done = (
+        f"{state['optimizer_steps']:,} optimizer steps"
+        if "optimizer_steps" in state
+        else f"{state['env_steps']:,} env steps"
+    )
     return (
-        f"{what}; the last checkpoint is intact: {checkpoint} (iteration {state['iteration']}, "
-        f"{state['env_steps']:,} env steps). Resume with: {shlex.join(launch_command(resume, 'embodied.train'))}"
+        f"{what}; the last checkpoint is intact: {checkpoint} (iteration {state['iteration']}, {done}). "
+        f"Resume with: {shlex.join(launch_command(resume, module))}"
     )
 
 

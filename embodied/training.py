@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Collection
 
 import torch
 import torch.distributed as dist
@@ -48,9 +49,12 @@ class Collectives:
             setter(enabled)
 
 
-def build_optimizer(policy: Policy, config: ActorConfig) -> torch.optim.Optimizer:
-    """AdamW over the policy's parameter groups, the value head with its own learning rate."""
+def build_optimizer(policy: Policy, config: ActorConfig, skip: Collection[str] = ()) -> torch.optim.Optimizer:
+    """AdamW over the policy's parameter groups, the value head with its own learning rate. `skip`: top-level
+    modules left out (those a loss never reaches, e.g. the value head in supervised fine-tuning)."""
+    skipped = {id(p) for name, p in policy.named_parameters() if name.split(".")[0] in skip}
     groups = policy.trainable_parameter_groups()
+    groups = {k: [p for p in v if id(p) not in skipped] for k, v in groups.items()}
     param_groups = [{"params": groups["policy"], "lr": config.lr, "name": "policy"}]
     if groups["value"]:
         lr = config.value_lr if config.value_lr is not None else config.lr
@@ -111,7 +115,8 @@ def _to(batch: TrainBatch, device: torch.device) -> TrainBatch:
     return TrainBatch(**fields)
 
 
-def _grad_norm(parameters: list[torch.nn.Parameter], max_norm: float | None) -> float:
+def clip_grad_norm(parameters: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """Clip the global gradient norm to `max_norm` (None: no clipping); returns the norm before clipping."""
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm if max_norm is not None else math.inf)
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
         norm = norm.full_tensor()
@@ -151,7 +156,7 @@ def minibatch_step(
         optimizer.zero_grad(set_to_none=True)
         return dict(sums), False
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    sums["grad_norm"] = _grad_norm(params, actor.max_grad_norm)
+    sums["grad_norm"] = clip_grad_norm(params, actor.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return dict(sums), True

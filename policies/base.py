@@ -225,6 +225,39 @@ def read_saved_config(directory: str | os.PathLike) -> tuple[dict[str, Any], Env
     return meta["policy"], EnvSpec(**spec)
 
 
+SUPERVISED_KEY = "supervised"
+
+
+def record_supervised(directory: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Note in a policy folder's config.json that supervised fine-tuning wrote it (the demos, the steps, and the
+    modules its loss never trained, e.g. the value head), for whoever loads it next (an RL run)."""
+    path = Path(directory) / CONFIG_NAME
+    meta = json.loads(path.read_text())
+    meta[SUPERVISED_KEY] = record
+    _atomic_write(path, lambda p: p.write_text(json.dumps(meta, indent=2)))
+
+
+def supervised_record(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """What `record_supervised` noted in a policy folder, or None (not written by supervised fine-tuning)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get(SUPERVISED_KEY)
+
+
+def supervised_note(directory: str | os.PathLike) -> str | None:
+    """One line for a run that starts from `directory`: what supervised fine-tuning trained there and which
+    modules start untrained (as initialised: the value head, ...), or None for other checkpoints."""
+    record = supervised_record(directory)
+    if record is None:
+        return None
+    untrained = ", ".join(record.get("untrained") or []) or "none"
+    return (
+        f"note: policy.pretrained={directory} comes from supervised fine-tuning ({record.get('steps')} steps on "
+        f"{record.get('demos')}); modules its loss did not train start untrained here: {untrained}"
+    )
+
+
 policy_registry: Registry[type[Policy]] = Registry(
     "policy", hint="VLA policies need an extra: pip install -e .[vla]"
 )
