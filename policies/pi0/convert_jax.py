@@ -1,18 +1,23 @@
-"""Convert an openpi pi0 JAX checkpoint (orbax, flax parameter tree) to the released PyTorch layout.
+"""Convert an openpi pi0 or pi0.5 JAX checkpoint (orbax, flax parameter tree) to the released PyTorch layout.
 
     pip install -e .[jax]
     python -m policies.pi0.convert_jax CHECKPOINT_DIR OUTPUT_DIR [--action-horizon 50] [--dtype float32]
 
 CHECKPOINT_DIR is an openpi checkpoint folder (holding `params/`, e.g. .../checkpoints/pi0_libero) or its
 `params/` folder. OUTPUT_DIR gets model.safetensors (LeRobot's names: `model.paligemma_with_expert.*`, ...), a
-config.json in LeRobot's PI0Config format, a tiny_overrides.json when the sizes are not the released variants'
-and, when the checkpoint has one under assets/, its norm_stats.json. Load it with `policy.pretrained=OUTPUT_DIR`.
+config.json in LeRobot's PI0Config or PI05Config format, a tiny_overrides.json when the sizes are not the released
+variants' and, when the checkpoint has one under assets/, its norm_stats.json. Load it with
+`policy.name=pi0` or `pi05` (the variant is printed) and `policy.pretrained=OUTPUT_DIR`.
 
 openpi's tree (after orbax restore; a trailing "value" level of training checkpoints is dropped):
   PaliGemma/img: SigLIP (big_vision ViT, layers stacked on axis 0 under Transformer/encoderblock), head = the
     projector; PaliGemma/llm: Gemma with two experts, layers stacked on axis 0 under `layers`; the second expert's
     parameters carry the suffix `_1` (q_einsum_1, mlp_1, pre_attention_norm_1, final_norm_1, ...);
   state_proj, action_in_proj, action_out_proj, action_time_mlp_in, action_time_mlp_out: flax Dense (kernel, bias).
+pi0.5 (told by `time_mlp_in`): time_mlp_in, time_mlp_out instead of state_proj and action_time_mlp_*, and the
+expert's norms are adaptive: pre_attention_norm_1, pre_ffw_norm_1 and final_norm_1 hold `Dense_0` (kernel
+[cond, 3 D], bias [3 D]: scale, shift, gate) instead of `scale`; they become `{input,post_attention}_layernorm.dense`
+and `norm.dense` (openpi's convert_jax_model_to_pytorch.py names).
 Einsum weights: q [N, D, H] ("BTD,NDH->BTNH"), kv [2, K, D, H], attention output [N, H, D], MLP gating
 [2, D, M] (gate, up) and linear [M, D]; torch Linear weights are [out, in].
 """
@@ -30,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies.pi0.checkpoint import RELEASED_PROMPT_LENGTH
 from policies.pi0.configuration_pi0 import (
     GEMMA_VARIANTS,
     PALIGEMMA_VOCAB_SIZE,
@@ -45,7 +51,11 @@ _TOWERS = (
     "paligemma_with_expert.paligemma.model.language_model.",
     "paligemma_with_expert.gemma_expert.model.",
 )
-_DENSE = ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out")
+# the flax Dense heads of each variant, under the same names in PyTorch
+DENSE_HEADS = {
+    "pi0": ("state_proj", "action_in_proj", "action_out_proj", "action_time_mlp_in", "action_time_mlp_out"),
+    "pi05": ("action_in_proj", "action_out_proj", "time_mlp_in", "time_mlp_out"),
+}
 
 
 def _suffix(name: str, expert: int) -> str:
@@ -54,6 +64,11 @@ def _suffix(name: str, expert: int) -> str:
 
 def _t(array: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(array, dtype=np.float32)))
+
+
+def variant_of(params: Tree) -> str:
+    """ "pi05" for a pi0.5 tree (its time MLP feeds adaRMS), else "pi0"."""
+    return "pi05" if "time_mlp_in" in params else "pi0"
 
 
 def strip_value_level(tree: Tree) -> Tree:
@@ -151,9 +166,9 @@ def _gemma_state(llm: Tree, expert: int) -> dict[str, torch.Tensor]:
     attn_out = _t(attn[_suffix("attn_vec_einsum", expert)]["w"])  # [L, N, H, D]
     mlp = layers[_suffix("mlp", expert)]
     gating, linear = _t(mlp["gating_einsum"]), _t(mlp["linear"])  # [L, 2, D, M], [L, M, D]
-    pre_attn = _t(layers[_suffix("pre_attention_norm", expert)]["scale"])
-    pre_ffw = _t(layers[_suffix("pre_ffw_norm", expert)]["scale"])
-    out = {prefix + "norm.weight": _t(llm[_suffix("final_norm", expert)]["scale"])}
+    pre_attn = _norm_state(layers[_suffix("pre_attention_norm", expert)])  # stacked over layers
+    pre_ffw = _norm_state(layers[_suffix("pre_ffw_norm", expert)])
+    out = {prefix + "norm." + k: v for k, v in _norm_state(llm[_suffix("final_norm", expert)]).items()}
     if expert == 0:
         out[prefix + "embed_tokens.weight"] = _t(llm["embedder"]["input_embedding"])
     for i in range(size.depth):
@@ -165,23 +180,33 @@ def _gemma_state(llm: Tree, expert: int) -> dict[str, torch.Tensor]:
         out[p + "mlp.gate_proj.weight"] = gating[i, 0].T
         out[p + "mlp.up_proj.weight"] = gating[i, 1].T
         out[p + "mlp.down_proj.weight"] = linear[i].T
-        out[p + "input_layernorm.weight"] = pre_attn[i]
-        out[p + "post_attention_layernorm.weight"] = pre_ffw[i]
+        out.update({f"{p}input_layernorm.{k}": v[i] for k, v in pre_attn.items()})
+        out.update({f"{p}post_attention_layernorm.{k}": v[i] for k, v in pre_ffw.items()})
     return out
 
 
+def _norm_state(norm: Tree) -> dict[str, torch.Tensor]:
+    """An RMSNorm's tensors (with a leading layer axis when stacked): `scale` -> weight; adaRMS `Dense_0` (kernel
+    [..., cond, 3 D]) -> dense.weight [..., 3 D, cond], dense.bias."""
+    if "scale" in norm:
+        return {"weight": _t(norm["scale"])}
+    return {
+        "dense.weight": _t(norm["Dense_0"]["kernel"]).transpose(-1, -2),
+        "dense.bias": _t(norm["Dense_0"]["bias"]),
+    }
+
+
 def convert_params(params: Tree) -> dict[str, torch.Tensor]:
-    """openpi's pi0 parameter tree -> state dict of `Pi0FlowModel` (names without LeRobot's `model.`)."""
+    """openpi's pi0 / pi0.5 parameter tree -> state dict of `Pi0FlowModel` / `Pi05FlowModel` (names without
+    LeRobot's `model.`)."""
     params = strip_value_level(params)
     if "PaliGemma" not in params:
         raise ValueError(
             f"not a pi0 parameter tree: top-level keys are {sorted(params)}, expected PaliGemma, ..."
         )
-    if "time_mlp_in" in params:
-        raise ValueError("this is a pi0.5 checkpoint (time_mlp_in, adaRMS); only pi0 is supported")
     pg = params["PaliGemma"]
     state = {**_vision_state(pg["img"]), **_gemma_state(pg["llm"], 0), **_gemma_state(pg["llm"], 1)}
-    for name in _DENSE:
+    for name in DENSE_HEADS[variant_of(params)]:
         state[f"{name}.weight"] = _t(params[name]["kernel"]).T
         state[f"{name}.bias"] = _t(params[name]["bias"])
     return {k: v.contiguous() for k, v in state.items()}
@@ -190,9 +215,12 @@ def convert_params(params: Tree) -> dict[str, torch.Tensor]:
 def architecture_files(params: Tree, action_horizon: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """LeRobot-style config.json and, for non-standard sizes, tiny_overrides.json contents."""
     params = strip_value_level(params)
-    pg = params["PaliGemma"]
+    pg, variant = params["PaliGemma"], variant_of(params)
     vlm, expert, vision = infer_gemma(pg["llm"], 0), infer_gemma(pg["llm"], 1), infer_vision(pg["img"])
     action_dim = int(np.shape(params["action_in_proj"]["kernel"])[0])
+    # pi0.5 has no state projection: its state goes into the prompt, padded like the actions
+    state_dim = int(np.shape(params["state_proj"]["kernel"])[0]) if variant == "pi0" else action_dim
+    norm = "MEAN_STD" if variant == "pi0" else "QUANTILES"  # openpi's defaults (use_quantile_norm for pi0.5)
     overrides: dict[str, Any] = {}
     names = []
     for role, size, standard in (
@@ -215,11 +243,12 @@ def architecture_files(params: Tree, action_horizon: int) -> tuple[dict[str, Any
         }  # fmt: skip
         overrides["siglip_image_size"] = vision.image_size
     config = {
-        "type": "pi0", "paligemma_variant": names[0], "action_expert_variant": names[1],
+        "type": variant, "paligemma_variant": names[0], "action_expert_variant": names[1],
         "chunk_size": action_horizon, "n_action_steps": action_horizon,
-        "max_state_dim": int(np.shape(params["state_proj"]["kernel"])[0]), "max_action_dim": action_dim,
-        "num_inference_steps": 10, "tokenizer_max_length": 48, "min_period": 4e-3, "max_period": 4.0,
+        "max_state_dim": state_dim, "max_action_dim": action_dim, "num_inference_steps": 10,
+        "tokenizer_max_length": RELEASED_PROMPT_LENGTH[variant], "min_period": 4e-3, "max_period": 4.0,
         "image_resolution": [vision.image_size, vision.image_size],
+        "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": norm, "ACTION": norm},
     }  # fmt: skip
     return config, overrides
 
@@ -242,8 +271,9 @@ def restore_orbax(path: Path) -> Tree:
 
 def convert_checkpoint(
     checkpoint: Path, output: Path, action_horizon: int = 50, dtype: str = "float32"
-) -> None:
-    """Read an openpi checkpoint folder and write the PyTorch layout into `output`."""
+) -> str:
+    """Read an openpi checkpoint folder and write the PyTorch layout into `output`; returns the variant (the
+    policy.name to load it with)."""
     from safetensors.torch import save_file
 
     params_dir = checkpoint / "params" if (checkpoint / "params").is_dir() else checkpoint
@@ -259,6 +289,7 @@ def convert_checkpoint(
     stats = sorted(params_dir.parent.glob("assets/**/norm_stats.json"))
     if stats:
         shutil.copy(stats[0], output / "norm_stats.json")
+    return config["type"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,8 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
-    convert_checkpoint(args.checkpoint, args.output, args.action_horizon, args.dtype)
-    print(f"wrote {args.output}; load it with policy.pretrained={args.output}")
+    variant = convert_checkpoint(args.checkpoint, args.output, args.action_horizon, args.dtype)
+    print(f"wrote {args.output}; load it with policy.name={variant} policy.pretrained={args.output}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""The openpi JAX -> PyTorch converter (policies/pi0/convert_jax.py) on a tiny parameter tree.
+"""The openpi JAX -> PyTorch converter (policies/pi0/convert_jax.py) on tiny pi0 and pi0.5 parameter trees.
 
 The test builds openpi's tree from a random tiny PyTorch model, first checking with jax.numpy that every tensor
 has openpi's meaning (the einsums of openpi's gemma.py and big_vision's ViT applied to the tree give what the
-PyTorch layers give), then saves it with orbax, converts it and loads the result as a policy: the weights and the
-sampled actions equal the original model's.
+PyTorch layers give; for pi0.5 also the adaptive RMSNorm's Dense_0: scale, shift, gate), then saves it with orbax,
+converts it and loads the result as a policy: the weights and the sampled actions equal the original model's.
 """
 
 import json
@@ -15,8 +15,9 @@ import torch
 from envs.base import EnvSpec
 from policies import make_policy
 from policies.pi0 import GemmaSize, Pi0Config, Pi0FlowModel, SiglipSize
-from policies.pi0.convert_jax import convert_checkpoint, convert_params
-from policies.pi0.modeling_pi0 import Pi0Inputs
+from policies.pi0.convert_jax import DENSE_HEADS, convert_checkpoint, convert_params
+from policies.pi0.modeling_pi0 import PaliGemmaFlowModel, Pi0Inputs
+from policies.pi05 import Pi05Config, Pi05FlowModel
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
@@ -33,6 +34,7 @@ CONFIG = Pi0Config(
     max_state_dim=6,
     max_action_dim=6,
 )
+ARCH = ("vlm", "expert", "vision", "vocab_size", "chunk_size", "max_state_dim", "max_action_dim")
 SPEC = EnvSpec(
     action_dim=6, action_low=(-1.0,) * 6, action_high=(1.0,) * 6, state_dim=6, image_size=(16, 16),
     has_wrist_image=False, max_episode_steps=10, num_initial_states=None,
@@ -43,9 +45,13 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().astype(np.float32)
 
 
-def _tiny_model() -> Pi0FlowModel:
+VARIANTS = {"pi0": (Pi0Config, Pi0FlowModel), "pi05": (Pi05Config, Pi05FlowModel)}
+
+
+def _tiny_model(variant: str = "pi0") -> PaliGemmaFlowModel:
+    config_class, model_class = VARIANTS[variant]
     torch.manual_seed(0)
-    model = Pi0FlowModel(CONFIG)
+    model = model_class(config_class(**{f: getattr(CONFIG, f) for f in ARCH}))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(0.3 * torch.randn_like(p))
@@ -81,10 +87,23 @@ def _gemma_tree(tower, size: GemmaSize, suffix: str) -> dict:
         "linear": stack(lambda ly: _np(ly.mlp.down_proj.weight.T)),
     }
     norms = {
-        f"pre_attention_norm{suffix}": {"scale": stack(lambda ly: _np(ly.input_layernorm.weight))},
-        f"pre_ffw_norm{suffix}": {"scale": stack(lambda ly: _np(ly.post_attention_layernorm.weight))},
+        f"pre_attention_norm{suffix}": _norm_tree([ly.input_layernorm for ly in layers]),
+        f"pre_ffw_norm{suffix}": _norm_tree([ly.post_attention_layernorm for ly in layers]),
     }
     return {"attn": attn, f"mlp{suffix}": mlp, **norms}
+
+
+def _norm_tree(norms: list) -> dict:
+    """openpi's RMSNorm parameters stacked over layers: `scale` [L, D], or adaRMS `Dense_0` (flax Dense: kernel
+    [L, cond, 3 D], bias [L, 3 D])."""
+    if not norms[0].adaptive:
+        return {"scale": np.stack([_np(n.weight) for n in norms])}
+    return {"Dense_0": {"kernel": np.stack([_np(n.dense.weight.T) for n in norms]),
+                        "bias": np.stack([_np(n.dense.bias) for n in norms])}}  # fmt: skip
+
+
+def _first(tree: dict) -> dict:
+    return jax.tree.map(lambda a: a[0], tree)
 
 
 def _vision_tree(vision) -> dict:
@@ -121,8 +140,8 @@ def _vision_tree(vision) -> dict:
     }  # fmt: skip
 
 
-def openpi_tree(model: Pi0FlowModel) -> dict:
-    """The parameter tree openpi's Pi0 would hold for `model`'s weights."""
+def openpi_tree(model: PaliGemmaFlowModel) -> dict:
+    """The parameter tree openpi's Pi0 (pi05=True for a `Pi05FlowModel`) would hold for `model`'s weights."""
     vlm = model.language_model
     expert = model.paligemma_with_expert.gemma_expert.model
     layers = _gemma_tree(vlm, CONFIG.vlm, "")
@@ -134,17 +153,11 @@ def openpi_tree(model: Pi0FlowModel) -> dict:
     llm = {
         "embedder": {"input_embedding": _np(vlm.embed_tokens.weight)},
         "layers": layers,
-        "final_norm": {"scale": _np(vlm.norm.weight)},
-        "final_norm_1": {"scale": _np(expert.norm.weight)},
+        "final_norm": _first(_norm_tree([vlm.norm])),
+        "final_norm_1": _first(_norm_tree([expert.norm])),
     }
     tree = {"PaliGemma": {"img": img, "llm": llm}}
-    for name in (
-        "state_proj",
-        "action_in_proj",
-        "action_out_proj",
-        "action_time_mlp_in",
-        "action_time_mlp_out",
-    ):
+    for name in DENSE_HEADS["pi05" if isinstance(model, Pi05FlowModel) else "pi0"]:
         linear = getattr(model, name)
         tree[name] = {"kernel": _np(linear.weight.T), "bias": _np(linear.bias)}
     return tree
@@ -195,30 +208,55 @@ def test_the_tree_has_openpi_semantics():
     np.testing.assert_allclose(vo, _np(siglip.out_proj(torch.from_numpy(y))), atol=1e-5)
 
 
-def test_orbax_checkpoint_converts_to_a_loadable_policy_with_equal_outputs(tmp_path):
-    model = _tiny_model()
-    ckpt = tmp_path / "pi0_tiny"
+@torch.no_grad()
+def test_the_adarms_tree_has_openpi_semantics():
+    """openpi's adaptive RMSNorm on the tree: modulation = Dense_0(cond), split into scale, shift, gate; the output is
+    norm(x) * (1 + scale) + shift. The converted dense layer gives the same."""
+    model, rng = _tiny_model("pi05"), np.random.default_rng(0)
+    norm = model.paligemma_with_expert.gemma_expert.model.layers[1].post_attention_layernorm
+    with torch.no_grad():
+        norm.dense.weight.normal_()
+        norm.dense.bias.normal_()
+    dense = openpi_tree(model)["PaliGemma"]["llm"]["layers"]["pre_ffw_norm_1"]["Dense_0"]
+    x = rng.standard_normal((2, 3, CONFIG.expert.width)).astype(np.float32)
+    cond = rng.standard_normal((2, CONFIG.expert.width)).astype(np.float32)
+    modulation = cond @ dense["kernel"][1] + dense["bias"][1]
+    scale, shift, gate = jnp.split(modulation[:, None, :], 3, axis=-1)
+    normed = x / np.sqrt(np.mean(x**2, axis=-1, keepdims=True) + 1e-6)
+    expected = normed * (1 + scale) + shift
+    np.testing.assert_allclose(expected, _np(norm(torch.from_numpy(x), torch.from_numpy(cond))), atol=1e-5)
+    np.testing.assert_allclose(gate, _np(norm.gate(torch.from_numpy(cond))), atol=1e-5)
+    state = convert_params(openpi_tree(model))
+    name = "paligemma_with_expert.gemma_expert.model.layers.1.post_attention_layernorm.dense.weight"
+    assert torch.equal(state[name], norm.dense.weight)
+
+
+@pytest.mark.parametrize("variant", ["pi0", "pi05"])
+def test_orbax_checkpoint_converts_to_a_loadable_policy_with_equal_outputs(tmp_path, variant):
+    model = _tiny_model(variant)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # adaRMS modulations start at zero: make them count
+    ckpt = tmp_path / f"{variant}_tiny"
     with ocp.PyTreeCheckpointer() as checkpointer:
         # openpi training checkpoints wrap every leaf in {"value": ...}; released ones do not: cover the former
         wrapped = jax.tree.map(lambda a: {"value": a}, openpi_tree(model))
         checkpointer.save((ckpt / "params").resolve(), {"params": wrapped})
-    stats = {
-        "norm_stats": {
-            "state": {"mean": [0.0] * 6, "std": [1.0] * 6},
-            "actions": {"mean": [0.0] * 6, "std": [1.0] * 6},
-        }
-    }
+    identity = {"mean": [0.0] * 6, "std": [1.0] * 6, "q01": [-1.0] * 6, "q99": [1.0] * 6}
+    stats = {"norm_stats": {"state": identity, "actions": identity}}
     (ckpt / "assets" / "robot").mkdir(parents=True)
     (ckpt / "assets" / "robot" / "norm_stats.json").write_text(json.dumps(stats))
 
     out = tmp_path / "converted"
-    convert_checkpoint(ckpt, out, action_horizon=CONFIG.chunk_size)
+    assert convert_checkpoint(ckpt, out, action_horizon=CONFIG.chunk_size) == variant
     config = json.loads((out / "config.json").read_text())
-    assert config["type"] == "pi0" and config["chunk_size"] == 5 and (out / "norm_stats.json").is_file()
+    assert config["type"] == variant and config["chunk_size"] == 5 and (out / "norm_stats.json").is_file()
 
-    policy = make_policy(Pi0Config(pretrained=str(out), norm_stats=str(out / "norm_stats.json")), SPEC)
-    for field in ("vlm", "expert", "vision", "vocab_size", "chunk_size", "max_state_dim", "max_action_dim"):
+    config_class = VARIANTS[variant][0]
+    policy = make_policy(config_class(pretrained=str(out), norm_stats=str(out / "norm_stats.json")), SPEC)
+    for field in ARCH:
         assert getattr(policy.config, field) == getattr(CONFIG, field), field
+    assert policy.config.normalization == ("quantile" if variant == "pi05" else "mean_std")
     own, converted = model.state_dict(), policy.model.state_dict()
     assert own.keys() == converted.keys()
     assert all(torch.equal(own[k], converted[k]) for k in own)
@@ -257,10 +295,3 @@ def test_equal_query_and_kv_heads_use_the_fused_qkv_einsum():
         rtol=0,
         atol=0,
     )
-
-
-def test_a_pi05_tree_is_refused():
-    tree = openpi_tree(_tiny_model())
-    tree["time_mlp_in"] = tree["action_time_mlp_in"]
-    with pytest.raises(ValueError, match="pi0.5"):
-        convert_params(tree)
