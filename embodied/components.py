@@ -16,6 +16,7 @@ task pass) while the rollout workers and their weights stay.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from embodied.cluster import Cluster
 from embodied.config import EvalConfig, TrainConfig
 from embodied.evaluation import summarize, task_schedules
 from embodied.routing import RolloutPlan, plan_for_placement
+from embodied.scaling import OnlineScaling
 from embodied.worker import WorkerError, wait_all
 from embodied.workers.actor_worker import ActorWorker
 from embodied.workers.env_worker import EnvWorker
@@ -85,6 +87,9 @@ class Components:
         wait_all(*setups)
         self.version = 0
         self.round_scores: list[torch.Tensor] = []  # outcome scores [N] of this step's generation rounds
+        self.scaling: OnlineScaling | None = None  # the freed slots join each update (embodied/scaling.py)
+        if self.actor is not None and config.cluster.online_scaling:
+            self.scaling = OnlineScaling(self, config.cluster.scaling_cores_as)
 
     def _plan(self, env: EnvConfig) -> RolloutPlan:
         return plan_for_placement(self.cluster.placement.slots, env, self.config.rollout.pipeline_stages)
@@ -112,10 +117,13 @@ class Components:
         """One rollout epoch (a generation round) on all envs; the rollout workers hold its trajectory for the
         actors (without actors, e.g. in a benchmark, nothing is recorded). Returns the finished episodes, env
         steps, and the env's simulation / the rollout's inference seconds (max over workers)."""
+        started = time.time()
         env_call = self.env.rollout_epoch(self.config.rollout.num_steps, reset_seed)
         mode = "train" if self.actor is not None else "sample"
         rollout_call = self.rollout.generate(mode, self.version if self.actor is not None else None)
         wait_all(env_call, rollout_call)
+        if self.scaling is not None:
+            self.scaling.record_rollout(started, time.time())
         env_results, rollout_results = env_call.wait(), rollout_call.wait()
         if self.actor is not None:
             self.round_scores.append(torch.cat([r["scores"] for r in rollout_results]))
@@ -167,6 +175,8 @@ class Components:
 
     def train(self, progress: float = 0.0) -> dict[str, float]:
         """The actor's update; `progress` (0..1, the share of the run's budget spent) sets the learning rate."""
+        if self.scaling is not None:
+            return self.scaling.train(progress)
         return self.actor.train(progress).wait()[0]
 
     def sync_weights(self) -> int:

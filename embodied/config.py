@@ -122,15 +122,54 @@ class ClusterConfig(Config):
     num_slots: int | None = param(
         None, help="resource slots: null = the GPUs, or the CPUs on a machine without GPUs", ge=1
     )
-    component_placement: dict[str, str | int] = param(
+    component_placement: dict[str, str | int] | None = param(
         factory=lambda: {"env": "all", "rollout": "all", "actor": "all"},
-        help="slots of env, rollout and actor: 'all', '0-3', '0,2' or '1'; one worker per slot",
+        help="slots of env, rollout and actor: 'all', '0-3', '0,2' or '1'; one worker per slot; null with auto",
+    )
+    auto: bool = param(
+        False,
+        help="profile the run's workers at start-up and run the placement, slot count and rollout.pipeline_stages "
+        "the cost model predicts fastest (cluster=auto; needs component_placement and num_slots null)",
+    )
+    online_scaling: bool = param(
+        False,
+        help="each update also trains on the slots rollout freed (its workers there join as data-parallel "
+        "ranks, or as threads, see scaling_cores_as), which return to rollout with the new weights",
+    )
+    scaling_cores_as: Literal["ranks", "threads"] = param(
+        "ranks",
+        help="online scaling without GPUs: the freed cores train as extra gloo ranks (the rollout workers "
+        "there) or as extra threads of the actor rank",
     )
     pin_cpus: bool = param(True, help="without GPUs, pin each worker to the CPU cores of its slot")
     startup_timeout_s: float = param(120.0, help="seconds to wait for Ray to place the workers", gt=0)
     temp_dir: str | None = param(None, help="Ray session folder of an in-process Ray; null: Ray's default")
+    listen: Literal["localhost", "network"] = param(
+        "localhost",
+        help="an in-process Ray's ports (GCS, raylet, workers, agents, dashboard): localhost = 127.0.0.1 only; "
+        "network = this machine's address, reachable by other machines (protected by Ray's token auth)",
+    )
+    dashboard: bool = param(False, help="start Ray's dashboard (an in-process Ray; listens as cluster.listen says)")
 
     def check(self) -> None:
+        if self.auto:
+            given = {"component_placement": self.component_placement, "num_slots": self.num_slots}
+            fixed = {k: v for k, v in given.items() if v is not None}
+            if fixed:
+                key, value = next(iter(fixed.items()))
+                value = str(value).replace("{", "{{").replace("}", "}}")  # the message is a format template
+                raise ConfigError(
+                    f"{{section}}auto=true chooses the placement itself, but {{section}}{key}={value} fixes it: "
+                    f"drop one of them (cluster=auto alone, or a fixed placement without auto)",
+                    "",
+                )
+            return
+        if self.component_placement is None:
+            raise ConfigError(
+                "{section}component_placement is null: give env, rollout and actor a set of slots each (e.g. "
+                "'all'), or let the placement be chosen with {section}auto=true (cluster=auto)",
+                "",
+            )
         unknown = [k for k in self.component_placement if k not in COMPONENTS]
         if unknown:
             from algorithms.registry import did_you_mean

@@ -34,7 +34,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from algorithms.schema import ConfigError
-from embodied.routing import plan_rollout
 from embodied.slots import placement_mode, slot_cores
 
 GIB = 1024**3
@@ -189,6 +188,8 @@ def candidates(
 ) -> tuple[list[Candidate], list[tuple[Candidate, str]]]:
     """Every placement family x pipeline depth; returns (valid candidates, [(invalid candidate, reason)]):
     a candidate is invalid when its envs do not split into whole groups over its workers and stages."""
+    from embodied.routing import plan_rollout  # the runtime's own rule (routing may import the env config)
+
     valid, invalid = [], []
     for num_slots, env, rollout, actor in placements(machine):
         for s in stages:

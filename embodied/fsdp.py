@@ -35,12 +35,22 @@ def init_process_group(host: str, port: int, rank: int, world_size: int, device:
     dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
 
 
-def shard(policy: Policy, device: str, precision: str, reshard_after_forward: bool) -> Policy:
-    """`fully_shard` the policy's units and the policy over all ranks, in place; returns the policy."""
-    from torch.distributed.device_mesh import init_device_mesh
+def shard(
+    policy: Policy,
+    device: str,
+    precision: str,
+    reshard_after_forward: bool,
+    group: dist.ProcessGroup | None = None,
+) -> Policy:
+    """`fully_shard` the policy's units and the policy over all ranks (or the ranks of `group`), in place;
+    returns the policy."""
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
-    mesh = init_device_mesh(device, (dist.get_world_size(),))
+    if group is None:
+        mesh = init_device_mesh(device, (dist.get_world_size(),))
+    else:
+        mesh = DeviceMesh.from_group(group, device)
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if precision == "bf16":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

@@ -15,6 +15,7 @@ Every step is timed (`time/<step>`) and logged with the env, train and throughpu
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ class Runner:
         self.progress = Progress(config.run.total_env_steps, config.logger.console, counters.env_steps)
         self.reset_seed = unit_seed(config.run.seed, counters.iteration) if resumed else None
         self.last_eval: dict[str, float] = {}
+        # called with (iteration, metrics) before each report, e.g. auto placement's predicted vs measured
+        self.observers: list[Callable[[int, dict[str, float]], None]] = []
 
     @contextmanager
     def timed(self, step: str, metrics: dict[str, float]):
@@ -150,6 +153,8 @@ class Runner:
         c = self.counters
         metrics["progress/iteration"] = float(c.iteration)
         metrics["progress/wall_minutes"] = (c.wall_seconds + time.monotonic() - self.started) / 60
+        for observe in self.observers:
+            observe(c.iteration, metrics)
         if c.iteration % self.config.run.log_every == 0 or "eval/success_once" in metrics:
             self.logger.log(metrics, step=c.env_steps)
             self.progress.update(c.iteration, c.env_steps, metrics)

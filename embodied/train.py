@@ -69,7 +69,14 @@ def _train(
     from embodied.runner import Counters, Runner
     from policies.base import supervised_note
 
+    plan = None
+    if config.cluster.auto:  # profile the workers on a cluster of their own; the run joins its Ray
+        from embodied.plan import choose
+
+        config, plan = choose(config)
+        config_tree = config.to_dict()
     cluster = Cluster(config.cluster)  # first: a placement that does not fit fails before any file is written
+    cluster.started_ray |= plan is not None and plan.started_ray
     logger = None
     try:
         print(cluster.describe(), flush=True)
@@ -107,7 +114,14 @@ def _train(
             resumed=resume_target is not None,
             started=time.monotonic() if started is None else started,
         )
-        return runner.run()
+        if plan is not None:
+            from embodied.plan import PlanMonitor
+
+            runner.observers.append(PlanMonitor(plan.chosen, runner.progress.message))
+        metrics = runner.run()
+        if workers.scaling is not None:  # which component held which slots when: scripts/plot_slots.py
+            workers.scaling.timeline.save(run_dir / "slots.json")
+        return metrics
     finally:
         with protected():  # a first Ctrl-C during the shutdown does not cut it short
             cluster.shutdown()

@@ -48,6 +48,23 @@ class Collectives:
         if setter is not None:
             setter(enabled)
 
+    # Online scaling (embodied/scaling.py) overrides these three: data-parallel members outside the FSDP2
+    # group share a mini-batch's micro-batches, sum their gradients, and take the step together.
+    def share(self, parts: list[TrainBatch]) -> list[tuple[int, TrainBatch]]:
+        """The micro-batches this process computes, with their indices: all of them."""
+        return list(enumerate(parts))
+
+    def combine(self, model: torch.nn.Module, sums: dict[str, float]) -> None:
+        """Gradients and metric sums of every member of the mini-batch (in place); nothing to do alone."""
+
+    def step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> float:
+        """Clip the gradients, step, zero them; returns the gradient norm before clipping."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = clip_grad_norm(params, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
 
 def build_optimizer(policy: Policy, config: ActorConfig, skip: Collection[str] = ()) -> torch.optim.Optimizer:
     """AdamW over the policy's parameter groups, the value head with its own learning rate. `skip`: top-level
@@ -144,21 +161,20 @@ def minibatch_step(
         d = loss_denominators(_loss_inputs(part), algorithm)
         denominators = d if denominators is None else denominators + d
     sums: dict[str, float] = defaultdict(float)
-    for k, part in enumerate(parts):
-        comm.gradient_sync(policy, k == len(parts) - 1)
+    mine = comm.share(parts)
+    for k, part in mine:
+        comm.gradient_sync(policy, k == mine[-1][0])
         evaluated = policy.evaluate(part.forward_inputs)
         loss, metrics = compute_loss(_loss_inputs(part, evaluated), algorithm, denominators)
         loss.backward()
         for name, value in metrics.items():
             sums[name] += float(value) * (1.0 if name in ADDITIVE_METRICS else len(part) / size)
+    comm.combine(policy, sums)
     sums["approx_kl"] = comm.mean(sums["approx_kl"])
     if actor.target_kl is not None and sums["approx_kl"] > actor.target_kl:
         optimizer.zero_grad(set_to_none=True)
         return dict(sums), False
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    sums["grad_norm"] = clip_grad_norm(params, actor.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    sums["grad_norm"] = comm.step(optimizer, actor.max_grad_norm)
     return dict(sums), True
 
 

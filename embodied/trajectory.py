@@ -229,7 +229,8 @@ class TrainBatch:
 
     forward_inputs [B, ...]; old_logprobs [B, C, ...]; advantages [B] or [B, C]; mask [B, C] or the
     logprobs' shape; returns / old_values [B] (or [B, C]) or None without a critic; ref_logprobs like the
-    logprobs, or None.
+    logprobs, or None; version: the weight version that collected the samples (its trajectory's), which every
+    mini- and micro-batch sliced from it keeps (-1: unknown).
     """
 
     forward_inputs: dict[str, torch.Tensor]
@@ -239,6 +240,7 @@ class TrainBatch:
     returns: torch.Tensor | None = None
     old_values: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
+    version: int = -1
 
     def __len__(self) -> int:
         return self.old_logprobs.shape[0]
@@ -292,6 +294,7 @@ def build_train_batch(
         returns=flat(returns) if has_critic else None,
         old_values=flat(trajectory.values[:-1]) if has_critic else None,
         ref_logprobs=flat(ref_logprobs),
+        version=trajectory.version,
     )
 
 

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +106,11 @@ class Worker:
         children = [p.pid for p in psutil.Process().children(recursive=True)]
         cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         return {"pid": os.getpid(), "host": socket.gethostname(), "cores": cores, "children": children}
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """`function(self, *args)` in this worker: measurements (embodied.profiler) and online scaling
+        (embodied.scaling) live in their own modules and act on the worker's state through this."""
+        return function(self, *args)
 
     def get_rng_state(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state()}

@@ -1,0 +1,395 @@
+"""The profiler of auto placement: a run's costs measured at start-up, on the real workers and the real config.
+
+    measurement = measure(config)    # a short-lived cluster in the profiling placement; Ray stays up
+
+It starts the run's own env, rollout and actor workers in the collocated placement (one of each per slot,
+`rollout.pipeline_stages=1`; when the envs do not split that way, env + rollout on all slots with one actor
+rank, or everything on one slot) and measures, in a bounded number of steps:
+
+1. rollout: a warm-up epoch, then epochs of k1 < k2 <= 12 chunk steps (one epoch when T <= 2). The env workers'
+   simulation seconds give the **env step time per env**; the wall time, set against the cost model's cycle,
+   gives the messages per unit and chunk step and the per-epoch overhead (resets, trajectories, advantages).
+2. **inference time per batch size**: `predict` (train mode) on every unit size the candidates use, on
+   observations of the env tiled to that size; one warm-up and three calls each (the median).
+3. **training time per sample**: `minibatch_step` (the real update step, target KL off) on the last epoch's
+   batch tiled to the real mini-batch size and to half of it, on all actor ranks (FSDP2 over every slot)
+   and on a one-rank FSDP2 copy built on rank 0; t(m) = m x per-sample + per-step solves both.
+4. **weight sync**: twice with all ranks (gather, load into every rollout worker); the one-rank sync is the
+   copy's gather plus the rollout workers' load.
+5. **memory per component**: each worker's resident memory (CPU; with its simulator processes) or peak GPU
+   memory, and the policy's and optimizer's bytes, from which the cost model's linear memory terms follow.
+
+The workers are then stopped (their weights took optimizer steps); the run starts fresh in the chosen
+placement. Everything is reported in the log (`Measurement.lines`).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from algorithms.schema import ConfigError
+from embodied import cost_model
+from embodied.config import TrainConfig
+from embodied.cost_model import GIB, Candidate, Machine, MemoryProfile, Profile, Workload
+
+CALLS_PER_SIZE = 3
+MAX_PROFILE_STEPS = 12
+MAX_PROFILE_SAMPLES = 256  # per timed mini-batch when the run's own has no micro-batch size
+GPU_CONTEXT_BYTES = 0.5 * GIB  # a CUDA context, which torch's allocator does not count
+
+
+def workload_of(config: TrainConfig) -> Workload:
+    return Workload(
+        num_envs=config.env.num_envs,
+        num_steps=config.rollout.num_steps,
+        group_size=config.env.group_size,
+        update_epochs=config.actor.update_epochs,
+        num_minibatches=config.actor.num_minibatches,
+    )
+
+
+# -- on the workers (through Worker.run) ----------------------------------------------------------------------
+def latest_observations(worker) -> dict:
+    """Env worker: the observation its first unit last returned."""
+    return worker.obs[0]
+
+
+def time_inference(worker, obs: dict, sizes: list[int]) -> dict[int, float]:
+    """Rollout worker: median seconds of `predict` on `obs` tiled to each batch size."""
+    from embodied.devices import resident
+    from envs.base import select_obs
+
+    rows = len(next(v for v in obs.values()))
+    out = {}
+    with torch.no_grad(), resident(worker.policy, worker.device, worker.offload_when_idle):
+        for size in sizes:
+            batch = select_obs(obs, np.arange(size) % rows)
+            worker.policy.predict(batch, mode="train")
+            seconds = []
+            for _ in range(CALLS_PER_SIZE):
+                start = time.perf_counter()
+                worker.policy.predict(batch, mode="train")
+                seconds.append(time.perf_counter() - start)
+            out[size] = statistics.median(seconds)
+    return out
+
+
+def _fit_minibatch(policy, optimizer, batch, worker, comm, sizes: tuple[int, int]) -> tuple[float, float]:
+    """(seconds per sample, seconds per optimizer step) from `minibatch_step` at two mini-batch sizes."""
+    from embodied.training import minibatch_step
+
+    actor = worker.actor.replace(target_kl=None)
+
+    def seconds(size: int) -> float:
+        minibatch = batch.select(torch.arange(size) % len(batch))
+        start = time.perf_counter()
+        minibatch_step(policy, optimizer, minibatch, actor, worker.algorithm, comm)
+        return time.perf_counter() - start
+
+    small, large = sizes
+    seconds(small)  # warm-up
+    t_small = statistics.median(seconds(small) for _ in range(2))
+    t_large = statistics.median(seconds(large) for _ in range(2))
+    per_sample = max(0.0, (t_large - t_small) / max(large - small, 1))
+    return per_sample, max(0.0, t_small - small * per_sample)
+
+
+def time_training(worker, sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
+    """Actor ranks (all together): per-sample and per-step seconds at this world size and, with more than
+    one rank, on a one-rank FSDP2 copy on rank 0; the copy's full-state gather for the one-rank sync."""
+    import torch.distributed as dist
+
+    from embodied import fsdp
+    from embodied.training import Collectives, build_optimizer
+    from policies.base import make_policy
+
+    worker._onload()
+    world = worker.info.world_size
+    out: dict[str, Any] = {}
+    out[world] = _fit_minibatch(
+        worker.policy, worker.optimizer, worker.batch, worker, worker.comm, sizes[world]
+    )
+    if world > 1:
+        group = dist.new_group([0])  # every rank takes part in creating it
+        if worker.info.rank == 0:
+            copy = make_policy(worker.policy_config, worker.env_spec).to(worker.device)
+            a = worker.actor
+            copy = fsdp.shard(copy, worker.info.device, a.precision, a.reshard_after_forward, group=group)
+            optimizer = build_optimizer(copy, a)
+            out[1] = _fit_minibatch(copy, optimizer, worker.batch, worker, Collectives(), sizes[1])
+            start = time.perf_counter()
+            fsdp.full_state_dict(copy)
+            out["gather_1"] = time.perf_counter() - start
+            del copy, optimizer
+        dist.barrier()
+    return out
+
+
+def memory_use(worker) -> dict[str, float]:
+    """Any worker: resident bytes (with child processes), peak GPU bytes, and the bytes of its policy's
+    weights and (actor) gradients and optimizer state on this rank."""
+    import psutil
+
+    process = psutil.Process()
+    rss = process.memory_info().rss + sum(
+        c.memory_info().rss for c in process.children(recursive=True) if c.is_running()
+    )
+    out = {"rss": float(rss), "gpu_peak": 0.0, "gpu_total": 0.0, "state": 0.0}
+    if torch.cuda.is_available():
+        out["gpu_peak"] = float(torch.cuda.max_memory_allocated())
+        out["gpu_total"] = float(torch.cuda.get_device_properties(0).total_memory)
+
+    def nbytes(t: torch.Tensor) -> int:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    policy = getattr(worker, "policy", None)
+    if policy is not None:
+        params = list(policy.parameters())
+        out["state"] = float(sum(nbytes(p) for p in params))
+        if getattr(worker, "optimizer", None) is not None:
+            out["state"] += float(sum(nbytes(p) for p in params if p.requires_grad))  # gradients
+            for state in worker.optimizer.state.values():
+                out["state"] += float(sum(nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)))
+    return out
+
+
+# -- on the driver -------------------------------------------------------------------------------------------
+@dataclass
+class Measurement:
+    """A profile, the machine and workload it applies to, and what the log says about it."""
+
+    profile: Profile
+    machine: Machine
+    workload: Workload
+    placement: Candidate
+    seconds: float
+    started_ray: bool  # the profiling started Ray (the run's cluster then owns it)
+    lines: list[str] = field(default_factory=list)
+
+
+def _profiling_configs(config: TrainConfig) -> list[TrainConfig]:
+    """The placements to profile in, in order of preference (the first whose envs split is used)."""
+    base = config.replace(
+        rollout=config.rollout.replace(pipeline_stages=1),
+        algorithm=config.algorithm.replace(dynamic_sampling=False),
+    )
+    placements = [("all", "all", "all", None), ("all", "all", "0", None), ("0", "0", "0", 1)]
+    return [
+        base.replace(
+            cluster=base.cluster.replace(
+                auto=False,
+                online_scaling=False,
+                num_slots=slots,
+                component_placement={"env": e, "rollout": r, "actor": a},
+            )
+        )
+        for e, r, a, slots in placements
+    ]
+
+
+def _start(config: TrainConfig):
+    """(cluster, workers, config) of the first profiling placement whose envs split over its workers."""
+    from embodied.cluster import Cluster
+    from embodied.components import Components
+
+    last_error: ConfigError | None = None
+    for candidate in _profiling_configs(config):
+        cluster = Cluster(candidate.cluster)
+        try:
+            return cluster, Components(cluster, candidate), candidate
+        except ConfigError as exc:
+            last_error = exc
+            cluster.started_ray, started = False, cluster.started_ray  # keep Ray for the next attempt
+            cluster.shutdown()
+            cluster.started_ray = started
+    raise ConfigError(f"no profiling placement fits this config: {last_error}")
+
+
+def measure(config: TrainConfig, log: Callable[[str], None] = print) -> Measurement:
+    """Profile `config` (see the module docstring). Ray stays up for the run; `started_ray` says whether
+    this started it."""
+    import ray
+
+    began = time.perf_counter()
+    had_ray = ray.is_initialized()
+    try:
+        cluster, workers, profiled = _start(config)
+        try:
+            result = _measure(cluster, workers, config, profiled)
+        finally:
+            cluster.started_ray = False  # keep Ray up: the run's cluster joins it
+            cluster.shutdown()
+    except BaseException:
+        if not had_ray and ray.is_initialized():
+            ray.shutdown()
+        raise
+    result.seconds = time.perf_counter() - began
+    result.started_ray = not had_ray
+    result.lines.insert(0, f"auto placement: profiled in {result.seconds:.1f} s ({result.placement.name})")
+    for line in result.lines:
+        log(line)
+    return result
+
+
+def _measure(cluster, workers, config: TrainConfig, profiled: TrainConfig) -> Measurement:
+    slots = cluster.placement.slots
+    here = Candidate(
+        cluster.placement.num_slots, slots["env"], slots["rollout"], slots["actor"], pipeline_stages=1
+    )
+    workload = workload_of(config)
+    machine = Machine(cores=max(1, int(cluster.num_cpus)), gpus=cluster.num_gpus)
+    workers.sync_weights()
+    epochs = _rollout_epochs(workers, profiled, workload)
+    n = workload.num_envs // len(here.env)
+    env_per_env = statistics.median(r["sim_seconds"] / (k * n) for k, r, _, _ in epochs)
+    valid, _ = cost_model.candidates(workload, machine)
+    sizes = sorted({workload.num_envs // (len(c.env) * c.pipeline_stages) for c in valid} | {n})
+    obs = workers.env.call("run", latest_observations, ranks=[0]).wait()[0]
+    infer = workers.rollout.call("run", time_inference, obs, sizes, ranks=[0]).wait()[0]
+    training = _training(workers, config, workload, len(here.actor))
+    sync = _weight_sync(workers, training)
+    memory, machine = _memory(workers, workload, here, machine)
+    profile = Profile(env_per_env, infer, training["per_sample"], training["step"], sync, memory=memory)
+    profile = _calibrate(profile, epochs, here, workload, machine)
+    lines = _report(profile, machine, training)
+    return Measurement(profile, machine, workload, here, 0.0, False, lines)
+
+
+def _rollout_epochs(
+    workers, profiled: TrainConfig, workload: Workload
+) -> list[tuple[int, dict, float, float]]:
+    """(chunk steps, rollout result, rollout wall seconds, advantages wall seconds) of the timed epochs."""
+    total = min(workload.num_steps, MAX_PROFILE_STEPS)
+    lengths = [total] if total <= 2 else [max(1, total // 3), total]
+
+    def epoch(steps: int) -> tuple[int, dict, float, float]:
+        workers.config = profiled.replace(rollout=profiled.rollout.replace(num_steps=steps))
+        start = time.perf_counter()
+        result = workers.rollout_epoch()
+        middle = time.perf_counter()
+        workers.compute_advantages()
+        return steps, result, middle - start, time.perf_counter() - middle
+
+    epoch(lengths[0])  # warm-up: first resets, lazy initialisation
+    return [epoch(k) for k in lengths for _ in range(2 if len(lengths) == 1 else 1)]
+
+
+def _training(workers, config: TrainConfig, workload: Workload, ranks: int) -> dict[str, Any]:
+    """Per-sample and per-step seconds by actor rank count (1 and the profiling placement's)."""
+
+    def sizes(world: int) -> tuple[int, int]:
+        real = max(1, workload.samples // (world * workload.num_minibatches))
+        cap = 4 * config.actor.micro_batch_size if config.actor.micro_batch_size else MAX_PROFILE_SAMPLES
+        large = max(2, min(real, cap))
+        return large // 2, large
+
+    results = workers.actor.call("run", time_training, {1: sizes(1), ranks: sizes(ranks)}).wait()
+    first = results[0]
+    counts = [r for r in first if isinstance(r, int)]
+    return {
+        "per_sample": {r: first[r][0] for r in counts},
+        "step": {r: max(res[r][1] for res in results if r in res) for r in counts},
+        "gather_1": first.get("gather_1"),
+        "ranks": ranks,
+    }
+
+
+def _weight_sync(workers, training: dict[str, Any]) -> dict[int, float]:
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        workers.sync_weights()
+        seconds.append(time.perf_counter() - start)
+    ranks = training["ranks"]
+    sync = {ranks: min(seconds)}
+    if training["gather_1"] is not None:
+        gather = workers.actor.timings.get("sync_weights", 0.0)
+        sync[1] = max(0.0, min(seconds) - gather + training["gather_1"])
+    return sync
+
+
+def _memory(workers, workload: Workload, here: Candidate, machine: Machine) -> tuple[MemoryProfile, Machine]:
+    """Memory terms from the workers' use, and the machine with its memory (a GPU's, or the RAM left plus
+    what the profiling workers hold)."""
+    use = {g.name: g.call("run", memory_use).wait() for g in (workers.env, workers.rollout, workers.actor)}
+    on_gpu = machine.gpus > 0
+    key = "gpu_peak" if on_gpu else "rss"
+    rollout_state = statistics.median(u["state"] for u in use["rollout"])
+    if on_gpu:
+        process = GPU_CONTEXT_BYTES
+        capacity = min(u["gpu_total"] for u in use["actor"])
+    else:
+        import psutil
+
+        process = statistics.median(u["rss"] - u["state"] for u in use["rollout"])
+        held = sum(u["rss"] for group in use.values() for u in group)
+        capacity = psutil.virtual_memory().available + held
+    env_used = max(u[key] for u in use["env"])
+    actor_state = sum(u["state"] for u in use["actor"])
+    actor_peak = max(u[key] for u in use["actor"])
+    memory = MemoryProfile(
+        process=process,
+        env_per_env=max(0.0, env_used - (0.0 if on_gpu else process)) / (workload.num_envs / len(here.env)),
+        policy=max(rollout_state, max(u[key] for u in use["rollout"]) - (0.0 if on_gpu else process)),
+        actor_state=actor_state,
+        actor_activations=max(0.0, actor_peak - (0.0 if on_gpu else process) - actor_state / len(here.actor)),
+    )
+    return memory, Machine(machine.cores, machine.gpus, capacity)
+
+
+def _calibrate(profile: Profile, epochs, here: Candidate, workload: Workload, machine: Machine) -> Profile:
+    """Messages per unit and chunk step, and the per-epoch overhead: the measured rollout wall time against
+    the model's cycle without them (a line through the epochs of k1 and k2 chunk steps)."""
+    from dataclasses import replace
+
+    one_step = Workload(workload.num_envs, 1, workload.group_size)
+    model_cycle = cost_model.rollout_seconds(here, one_step, profile, machine)
+    steps = np.array([k for k, *_ in epochs], dtype=float)
+    walls = np.array([wall for _, _, wall, _ in epochs])
+    if len(set(steps)) > 1:
+        cycle, fixed = np.polyfit(steps, walls, 1)
+    else:
+        cycle, fixed = model_cycle, float(np.median(walls - steps * model_cycle))
+    units_per_core = here.pipeline_stages  # the profiling placement: one env worker per slot
+    unit_overhead = max(0.0, (cycle - model_cycle) / units_per_core)
+    advantages = statistics.median(adv for *_, adv in epochs)
+    return replace(profile, unit_overhead=unit_overhead, epoch_overhead=max(0.0, fixed) + advantages)
+
+
+def _report(profile: Profile, machine: Machine, training: dict[str, Any]) -> list[str]:
+    ms = 1e3
+    infer = ", ".join(f"{b}: {s * ms:.1f}" for b, s in sorted(profile.infer.items()))
+    train = ", ".join(
+        f"{r} rank{'s' if r > 1 else ''}: {profile.train_per_sample[r] * ms:.3f} ms/sample + "
+        f"{profile.optimizer_step[r] * ms:.1f} ms/step"
+        for r in sorted(profile.train_per_sample)
+    )
+    sync = ", ".join(
+        f"{r} rank{'s' if r > 1 else ''}: {s * ms:.1f}" for r, s in sorted(profile.weight_sync.items())
+    )
+    m = profile.memory
+    where = (
+        f"{machine.gpus} GPU(s) of {machine.memory_bytes / GIB:.1f} GiB"
+        if machine.gpus
+        else (f"{machine.cores} CPU core(s), {machine.memory_bytes / GIB:.1f} GiB RAM for the workers")
+    )
+    return [
+        f"  machine: {where} (pid {os.getpid()})",
+        f"  env step: {profile.env_per_env * ms:.3f} ms per env; messages {profile.unit_overhead * ms:.2f} ms per "
+        f"unit and chunk step; {profile.epoch_overhead * ms:.1f} ms per epoch (resets, trajectories, advantages)",
+        f"  inference ms by batch size: {infer}",
+        f"  training: {train}",
+        f"  weight sync ms: {sync}",
+        f"  memory GiB: process {m.process / GIB:.2f}, env {m.env_per_env / GIB:.3f} per env, policy "
+        f"{m.policy / GIB:.2f}, actor state {m.actor_state / GIB:.2f} (all ranks), activations "
+        f"{m.actor_activations / GIB:.2f}",
+    ]
