@@ -12,16 +12,21 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from algorithms.schema import ConfigError
 from embodied.config import COMPONENTS, ClusterConfig
+from embodied.fsdp import RENDEZVOUS_ENV
 from embodied.interrupt import reclaim
 from embodied.placement import Placement, count_slots, resolve_placement, slot_cores
 from embodied.worker import MAX_CONCURRENCY, WorkerGroup, WorkerInfo
 
 log = logging.getLogger(__name__)
+_CLUSTER_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def _floor4(x: float) -> float:
@@ -37,6 +42,33 @@ def _use_token_auth_if_available() -> None:
     has_token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()
     if "RAY_AUTH_MODE" not in os.environ and has_token:
         os.environ["RAY_AUTH_MODE"] = "token"
+
+
+@contextmanager
+def _local_only(rendezvous_dir: str) -> Iterator[None]:
+    """While an in-process Ray starts, nothing it or the workers open listens beyond 127.0.0.1:
+    - Ray's single-node mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, what Ray uses on macOS and Windows) keeps
+      the loopback address as the node's, and Ray's servers then bind to it; on Linux Ray otherwise resolves
+      even `_node_ip_address="127.0.0.1"` to the machine's address and listens on all interfaces;
+    - the actor ranks meet through a file in `rendezvous_dir` (embodied.fsdp) instead of rank 0's TCP store,
+      which listens on all interfaces.
+    The variables reach the processes Ray starts from here; Ray's module constant is what this process read
+    when it imported Ray. All are restored once Ray is up."""
+    from ray._private import ray_constants
+
+    saved = {name: os.environ.get(name) for name in (_CLUSTER_MODE_ENV, RENDEZVOUS_ENV)}
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update({_CLUSTER_MODE_ENV: "0", RENDEZVOUS_ENV: rendezvous_dir})
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
 
 
 class ClusterError(RuntimeError):
@@ -55,6 +87,7 @@ class Cluster:
         self.started_ray = False
         self.groups: list[WorkerGroup] = []
         self._placement_group = None
+        self._rendezvous_dir: str | None = None  # embodied.fsdp's meeting point of the actor ranks
         if not ray.is_initialized():
             self._init_ray(config)
         resources = ray.cluster_resources()
@@ -73,16 +106,22 @@ class Cluster:
         import ray
 
         kwargs: dict[str, Any] = dict(
-            include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True, configure_logging=True
+            logging_level=logging.WARNING, log_to_driver=True, configure_logging=True
         )
+        local = config.address is None and config.listen == "localhost"
         if config.address is None:
             kwargs["num_cpus"] = config.num_cpus or os.cpu_count()
+            kwargs["include_dashboard"] = config.dashboard
+            kwargs["dashboard_host"] = "127.0.0.1" if local else "0.0.0.0"
             if config.temp_dir:
                 kwargs["_temp_dir"] = os.path.abspath(config.temp_dir)
         else:
             kwargs["address"] = config.address
         try:
-            ray.init(**kwargs)
+            if local:
+                self._rendezvous_dir = tempfile.mkdtemp(prefix="inflow-rendezvous-")
+            with _local_only(self._rendezvous_dir) if local else nullcontext():
+                ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
             if config.address:
                 hint = "Is `ray start --head` running there, with the same Ray and Python versions as here?"
@@ -187,6 +226,9 @@ class Cluster:
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
             self.started_ray = False
+        if self._rendezvous_dir is not None:
+            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
+            self._rendezvous_dir = None
 
     def __enter__(self) -> Cluster:
         return self

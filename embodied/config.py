@@ -149,7 +149,7 @@ class ClusterConfig(Config):
         help="an in-process Ray's ports (GCS, raylet, workers, agents, dashboard): localhost = 127.0.0.1 only; "
         "network = this machine's address, reachable by other machines (protected by Ray's token auth)",
     )
-    dashboard: bool = param(False, help="start Ray's dashboard (an in-process Ray; listens as cluster.listen says)")
+    dashboard: bool = param(False, help="start Ray's dashboard (in-process Ray; listening as cluster.listen)")
 
     def check(self) -> None:
         if self.auto:

@@ -19,6 +19,9 @@ from torch import nn
 
 from policies.base import Policy
 
+# set by embodied.cluster for an in-process Ray that listens on localhost only: where the actor ranks meet
+RENDEZVOUS_ENV = "INFLOW_RENDEZVOUS_DIR"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -32,7 +35,13 @@ def init_process_group(host: str, port: int, rank: int, world_size: int, device:
     backend = "cpu:gloo,cuda:nccl" if device == "cuda" else "gloo"
     if device == "cuda":
         torch.cuda.set_device(0)  # Ray exposes exactly this worker's GPU
-    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(minutes=30))
+    timeout = timedelta(minutes=30)
+    rendezvous_dir = os.environ.get(RENDEZVOUS_ENV)
+    if rendezvous_dir:  # a run on this machine only: a file, not rank 0's TCP store (on every interface)
+        store = dist.FileStore(os.path.join(rendezvous_dir, f"{port}-{world_size}"), world_size)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+        return
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
 
 
 def shard(
