@@ -106,13 +106,12 @@ class Progress:
         )
 
     def __call__(self, summary) -> None:
-        self.bar.n = summary.kept
         self.bar.set_postfix(
             planner=f"{summary.planned}/{summary.attempts} ({summary.planner_success_rate:.0%})",
             converted=f"{summary.conversion_success_rate:.0%}",
             refresh=False,
         )
-        self.bar.refresh()
+        self.bar.update(summary.kept - self.bar.n)  # redraws at most every mininterval (10 s into a log file)
 
     def close(self) -> None:
         self.bar.close()
