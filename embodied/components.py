@@ -127,8 +127,9 @@ class Components:
         env_results, rollout_results = env_call.wait(), rollout_call.wait()
         if self.actor is not None:
             self.round_scores.append(torch.cat([r["scores"] for r in rollout_results]))
-            if self.needs_another_round():  # release what will not train before the next round
-                self.rollout.retain(self._held_pieces(self.group_batch().groups)).wait()
+            batch = self.group_batch()
+            if batch is not None and not batch.complete:  # release what will not train before the next round
+                self.rollout.retain(self._held_pieces(batch.groups)).wait()
         return {
             "episodes": [e for r in env_results for e in r["episodes"]],
             "env_steps": sum(r["env_steps"] for r in env_results),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pytest
 import torch
 
 from algorithms.config import AlgorithmConfig
@@ -62,6 +63,14 @@ def episode_round(successes: list[int], seed: int) -> Trajectory:
         },
         version=3,
     )
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """Workers built in this process set torch's thread count (to WorkerInfo.num_threads): restore it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 def info(group: str, rank: int, world: int) -> WorkerInfo:
