@@ -64,6 +64,8 @@ class CheckpointError(ValueError):
     """A checkpoint folder or file that cannot be used: missing, truncated, from another policy or layout
     version, or holding Python objects that loading would have to execute. The message names the file."""
 
+    diagnosed = True  # the message says all: workers report it without their traceback
+
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (e.g. the disk is full); the previous checkpoint is intact."""

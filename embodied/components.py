@@ -61,7 +61,8 @@ class Components:
         self.plan: RolloutPlan = self._plan(config.env)
         seed, offload = config.run.seed, offload_when_idle(config, cluster)
         # all groups start at once: the env workers create simulators while the others import their models
-        self.env = cluster.spawn("env", EnvWorker, config.env, config.rollout, self.plan)
+        nonfinite = config.run.on_nonfinite
+        self.env = cluster.spawn("env", EnvWorker, config.env, config.rollout, self.plan, nonfinite)
         self.rollout = cluster.spawn("rollout", RolloutWorker, config.policy, self.plan, seed, offload)
         self.actor = None
         if with_actor:
@@ -75,6 +76,7 @@ class Components:
                 config.env.group_size,
                 seed,
                 offload,
+                nonfinite,
             )
         groups = [g for g in (self.env, self.rollout, self.actor) if g is not None]
         cluster.ready(groups)
@@ -255,7 +257,8 @@ class Components:
         self._stop([self.env])
         self.config = self.config.replace(env=env)
         self.plan = self._plan(env)
-        self.env = self.cluster.spawn("env", EnvWorker, env, self.config.rollout, self.plan)
+        nonfinite = self.config.run.on_nonfinite
+        self.env = self.cluster.spawn("env", EnvWorker, env, self.config.rollout, self.plan, nonfinite)
         replan = self.rollout.replan(self.plan)
         self.cluster.ready([self.env])
         wait_all(replan)

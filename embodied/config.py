@@ -42,6 +42,11 @@ class RunSection(Config):
         le=1.0,
     )
     log_every: int = param(1, help="log metrics and print progress every this many iterations", ge=1)
+    on_nonfinite: Literal["stop", "skip"] = param(
+        "stop",
+        help="a NaN/inf in an env observation, the loss or the gradients: stop the run (its last checkpoint "
+        "stays), or skip the update it would spoil (embodied/nonfinite.py); non-finite weights always stop",
+    )
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ def _train(
     from embodied.interrupt import protected
     from embodied.logger import MetricLogger
     from embodied.runner import Counters, Runner
+    from embodied.worker import WorkerError
     from policies.base import supervised_note
 
     plan = None
@@ -118,7 +119,10 @@ def _train(
             from embodied.plan import PlanMonitor
 
             runner.observers.append(PlanMonitor(plan.chosen, runner.progress.message))
-        metrics = runner.run()
+        try:
+            metrics = runner.run()
+        except WorkerError as exc:  # the worker names its rank and what failed; the driver knows when
+            raise WorkerError(f"at iteration {runner.counters.iteration}: {exc}") from None
         if workers.scaling is not None:  # which component held which slots when: scripts/plot_slots.py
             workers.scaling.timeline.save(run_dir / "slots.json")
         return metrics

@@ -18,7 +18,9 @@ import torch.distributed as dist
 
 from algorithms.config import AlgorithmConfig
 from algorithms.objective import LossDenominators, LossInputs, compute_loss, loss_denominators
+from embodied import faults
 from embodied.config import ActorConfig
+from embodied.nonfinite import NonFiniteGuard
 from embodied.trajectory import TrainBatch
 from policies.base import Policy
 
@@ -147,11 +149,13 @@ def minibatch_step(
     actor: ActorConfig,
     algorithm: AlgorithmConfig,
     comm: Collectives,
+    guard: NonFiniteGuard | None = None,
 ) -> tuple[dict[str, float], bool]:
     """Forward/backward over the micro-batches of one mini-batch, then one optimizer step.
 
     Returns the mini-batch's metrics and whether it was applied (False: approx_kl exceeded target_kl, so
-    the gradients were dropped and the update should stop).
+    the gradients were dropped and the update should stop). `guard` checks the loss and the gradients for
+    NaN/inf (embodied.nonfinite): it raises, or drops the step and marks the metrics `nonfinite_skipped`.
     """
     size = len(minibatch)
     micro = actor.micro_batch_size or size
@@ -164,8 +168,13 @@ def minibatch_step(
     mine = comm.share(parts)
     for k, part in mine:
         comm.gradient_sync(policy, k == mine[-1][0])
-        evaluated = policy.evaluate(part.forward_inputs)
+        forward_inputs = part.forward_inputs if guard is None else guard.check_batch(part, k)
+        evaluated = policy.evaluate(forward_inputs)
         loss, metrics = compute_loss(_loss_inputs(part, evaluated), algorithm, denominators)
+        if faults.due("actor.loss"):
+            loss = loss * float("nan")
+        if guard is not None:
+            guard.check_loss(loss, vars(evaluated), metrics, k)
         loss.backward()
         for name, value in metrics.items():
             sums[name] += float(value) * (1.0 if name in ADDITIVE_METRICS else len(part) / size)
@@ -174,6 +183,11 @@ def minibatch_step(
     if actor.target_kl is not None and sums["approx_kl"] > actor.target_kl:
         optimizer.zero_grad(set_to_none=True)
         return dict(sums), False
+    if faults.due("actor.grad"):
+        next(p for p in policy.parameters() if p.grad is not None).grad.fill_(float("nan"))
+    if guard is not None and not guard.update_is_finite(policy, comm):
+        optimizer.zero_grad(set_to_none=True)
+        return dict(sums) | {"nonfinite_skipped": 1.0}, True
     sums["grad_norm"] = comm.step(optimizer, actor.max_grad_norm)
     return dict(sums), True
 
@@ -186,10 +200,12 @@ def ppo_update(
     algorithm: AlgorithmConfig,
     generator: torch.Generator,
     comm: Collectives | None = None,
+    guard: NonFiniteGuard | None = None,
 ) -> dict[str, float]:
     """`actor.update_epochs` passes over `batch` in `actor.num_minibatches` shuffled mini-batches.
 
-    Returns metrics named `train/actor/*` and `train/critic/*`, averaged over the applied mini-batches.
+    Returns metrics named `train/actor/*` and `train/critic/*`, averaged over the applied mini-batches;
+    `train/actor/nonfinite_skipped` counts the mini-batches `guard` dropped (run.on_nonfinite=skip).
     """
     comm = comm or Collectives()
     n = len(batch)
@@ -201,17 +217,21 @@ def ppo_update(
     batch = _to(batch, next(policy.parameters()).device)
     size = n // actor.num_minibatches
     totals: dict[str, float] = defaultdict(float)
-    applied, stopped = 0, False
-    for _ in range(actor.update_epochs):
+    applied, skipped, stopped = 0, 0, False
+    for epoch in range(actor.update_epochs):
         order = torch.randperm(n, generator=generator)
         for m in range(actor.num_minibatches):
-            metrics, ok = minibatch_step(
-                policy, optimizer, batch.select(order[m * size : (m + 1) * size]), actor, algorithm, comm
-            )
+            if guard is not None:
+                guard.position = f"update epoch {epoch + 1}, mini-batch {m + 1}"
+            minibatch = batch.select(order[m * size : (m + 1) * size])
+            metrics, ok = minibatch_step(policy, optimizer, minibatch, actor, algorithm, comm, guard)
             if not ok:
                 stopped = True
                 totals["approx_kl_at_stop"] = metrics["approx_kl"]
                 break
+            if "nonfinite_skipped" in metrics:
+                skipped += 1
+                continue
             applied += 1
             for name, value in metrics.items():
                 totals[name] += value
@@ -223,6 +243,7 @@ def ppo_update(
         out[f"train/{'critic' if name in CRITIC_METRICS else 'actor'}/{name}"] = value
     out["train/actor/minibatch_steps"] = float(applied)
     out["train/actor/early_stopped"] = float(stopped)
+    out["train/actor/nonfinite_skipped"] = float(skipped)
     for group in optimizer.param_groups:
         out[f"train/{'critic' if group.get('name') == 'value' else 'actor'}/lr"] = group["lr"]
     return out

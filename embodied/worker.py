@@ -87,7 +87,7 @@ class Worker:
                     self.info.rank,
                     method,
                     f"{type(exc).__name__}: {exc}",
-                    traceback.format_exc(),
+                    "" if getattr(exc, "diagnosed", False) else traceback.format_exc(),  # message says all
                     os.getpid(),
                     socket.gethostname(),
                 ),
@@ -146,7 +146,8 @@ class GroupCall:
         if isinstance(status, Failure):
             raise WorkerError(
                 f"{status.group} worker rank {status.rank} (pid {status.pid} on {status.host}) failed in "
-                f"{status.method}: {status.error}\n\nWorker traceback:\n{status.traceback}"
+                f"{status.method}: {status.error}"
+                + (f"\n\nWorker traceback:\n{status.traceback}" if status.traceback else "")
             )
 
     def _status(self, index: int) -> Any:

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 from algorithms.config import AlgorithmConfig
-from embodied import fsdp
+from embodied import faults, fsdp
 from embodied.channel import Channel
 from embodied.checkpoint import OPTIMIZER_FILE, CheckpointError, load_torch_file
 from embodied.config import ActorConfig
 from embodied.devices import move_module, move_optimizer, release_cache
+from embodied.nonfinite import NonFiniteGuard, check_weights
 from embodied.routing import RolloutPlan
 from embodied.training import Collectives, build_optimizer, ppo_update, schedule_lr
 from embodied.trajectory import TrainBatch, Trajectory, build_train_batch, token_metrics
@@ -40,9 +41,11 @@ class ActorWorker(Worker):
         group_size: int,
         seed: int,
         offload_when_idle: bool,
+        on_nonfinite: str = "stop",
     ) -> None:
         super().__init__(info)
         self.policy_config, self.actor, self.algorithm = policy, actor, algorithm
+        self.on_nonfinite = on_nonfinite  # run.on_nonfinite: stop | skip (embodied/nonfinite.py)
         self.plan, self.group_size, self.seed = plan, group_size, seed
         self.device = torch.device(info.device)
         self.offload_when_idle = offload_when_idle and self.device.type == "cuda"
@@ -132,24 +135,39 @@ class ActorWorker(Worker):
             raise RuntimeError("train() before compute_advantages(): there is no batch")
         self._onload()
         lr = schedule_lr(self.optimizer, self.actor, progress)
+        guard = NonFiniteGuard(self.on_nonfinite, f"actor worker rank {self.info.rank}")
         metrics = ppo_update(
-            self.policy, self.optimizer, self.batch, self.actor, self.algorithm, self.generator, self.comm
+            self.policy,
+            self.optimizer,
+            self.batch,
+            self.actor,
+            self.algorithm,
+            self.generator,
+            self.comm,
+            guard,
         )
         self.batch = None
         self.version += 1
         return metrics | {"train/lr": lr}
 
     def sync_weights(self) -> dict | None:
-        """All ranks: gather the full weights. Rank 0 returns {"version", "state"}; the others None."""
+        """All ranks: gather the full weights. Rank 0 returns {"version", "state"}; the others None. Weights
+        holding a NaN or inf are refused (NonFiniteError), so they never reach a rollout worker."""
         self._onload()
+        if faults.due("actor.weights"):
+            with torch.no_grad():
+                next(self.policy.parameters()).fill_(float("nan"))
+        check_weights(self.policy, f"actor worker rank {self.info.rank}", "synced to the rollout workers")
         state = fsdp.full_state_dict(self.policy)
         self._offload()
         return {"version": self.version, "state": state} if self.info.rank == 0 else None
 
     # -- checkpoints ------------------------------------------------------------------------------------------
     def save_checkpoint(self, directory: str) -> None:
-        """All ranks: gather; rank 0 writes policy/ (Hugging Face layout) and optimizer.pt; every rank its RNG."""
+        """All ranks: gather; rank 0 writes policy/ (Hugging Face layout) and optimizer.pt; every rank its RNG.
+        Weights holding a NaN or inf are never written (NonFiniteError; the previous checkpoint stays)."""
         self._onload()
+        check_weights(self.policy, f"actor worker rank {self.info.rank}", "checkpointed")
         state = fsdp.full_state_dict(self.policy)
         optimizer = fsdp.full_optimizer_state(self.policy, self.optimizer)
         self._offload()

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embodied import faults
 from embodied.channel import Channel
 from embodied.config import EvalConfig, RolloutConfig
 from embodied.evaluation import EvalEpisodes
+from embodied.nonfinite import check_env_step
 from embodied.routing import RolloutPlan, Unit
 from embodied.trajectory import EnvStep, to_cpu
 from embodied.worker import Worker, WorkerInfo
@@ -38,9 +40,17 @@ def step_validity(terminations: torch.Tensor, truncations: torch.Tensor, running
 
 
 class EnvWorker(Worker):
-    def __init__(self, info: WorkerInfo, env: EnvConfig, rollout: RolloutConfig, plan: RolloutPlan) -> None:
+    def __init__(
+        self,
+        info: WorkerInfo,
+        env: EnvConfig,
+        rollout: RolloutConfig,
+        plan: RolloutPlan,
+        on_nonfinite: str = "stop",
+    ) -> None:
         super().__init__(info)
         self.config, self.rollout = env, rollout
+        self.on_nonfinite = on_nonfinite  # run.on_nonfinite: a NaN/inf observation stops the run or warns
         self.units: list[Unit] = plan.units_of_env(info.rank)
         self.envs = []
         try:
@@ -66,6 +76,9 @@ class EnvWorker(Worker):
         self.to_rollout, self.from_rollout = to_rollout, from_rollout
 
     def _send(self, unit: Unit, step: EnvStep) -> None:
+        if faults.due("env.obs"):
+            faults.corrupt_first_float(step.obs)
+        step = check_env_step(f"env worker rank {self.info.rank}, unit {unit.index}", step, self.on_nonfinite)
         self.to_rollout.put(to_cpu(step), key=unit.index, rank=unit.rollout_rank)
 
     def _reset(self, k: int, seed: int | None = None) -> Obs:
