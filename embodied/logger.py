@@ -1,12 +1,18 @@
-"""Metrics to TensorBoard (always) and Weights & Biases, and progress on the console.
+"""Metrics to TensorBoard and a CSV file (always) and Weights & Biases, and progress on the console.
 
 W&B runs offline by default (files under the run folder, `wandb sync` uploads them later) and online when
 WANDB_API_KEY is set or `logger.wandb.mode=online`. The resolved config goes to both (TensorBoard: as text).
 Eval videos (mp4) go to W&B as videos and to TensorBoard as animated GIFs in the images tab.
+
+A resumed run continues after its checkpoint's step (env steps): what the stopped run logged after that step
+is dropped from TensorBoard (its purge at the first new step) and from metrics.csv (those rows removed), so
+each step appears once. W&B cannot rewind a run (its rewind is in private preview): it keeps the first value
+logged at a step, so the steps between the checkpoint and the stop show the stopped run's values there.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import sys
@@ -26,14 +32,60 @@ def wandb_mode(config: LoggerConfig) -> str:
     return mode
 
 
-class MetricLogger:
-    """Scalars and videos of one run folder."""
+CSV_FILE = "metrics.csv"
 
-    def __init__(self, run_dir: Path, config: LoggerConfig, config_tree: dict, run_name: str) -> None:
+
+class CsvMetrics:
+    """metrics.csv: one row per scalar (`step,key,value`; step: the env steps, as in TensorBoard and W&B),
+    written as it is logged (a killed run keeps every row up to its last log)."""
+
+    HEADER = ("step", "key", "value")
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is not None and path.is_file():
+            self._keep_until(resume_step)
+        fresh = not path.is_file() or path.stat().st_size == 0
+        self.file = open(path, "a", newline="")  # noqa: SIM115 - open for the run, closed by close()
+        self.writer = csv.writer(self.file)
+        if fresh:
+            self.writer.writerow(self.HEADER)
+
+    def _keep_until(self, step: int) -> None:
+        """Drop the rows after `step` (and a last row a kill cut short), atomically."""
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.reader(f) if len(r) == 3 and r[0].isdigit() and int(r[0]) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows([self.HEADER, *rows])
+        os.replace(tmp, self.path)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.writer.writerows((step, key, repr(float(value))) for key, value in metrics.items())
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class MetricLogger:
+    """Scalars and videos of one run folder. `resume_step`: the env steps of the checkpoint a resumed run
+    starts from (see the module docstring)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: LoggerConfig,
+        config_tree: dict,
+        run_name: str,
+        resume_step: int | None = None,
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
-        self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        purge = None if resume_step is None else resume_step + 1
+        self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+        self.csv = CsvMetrics(self.run_dir / CSV_FILE, resume_step)
         self.tensorboard.add_text(
             "config", "```\n" + yaml.safe_dump(config_tree, sort_keys=False) + "\n```", 0
         )
@@ -57,6 +109,7 @@ class MetricLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():
             self.tensorboard.add_scalar(key, value, step)
+        self.csv.log(metrics, step)
         if self.wandb is not None:
             self.wandb.log(dict(metrics), step=step)
 
@@ -91,6 +144,7 @@ class MetricLogger:
 
     def close(self) -> None:
         self.tensorboard.close()
+        self.csv.close()
         if self.wandb is not None:
             self.wandb.finish()
 

@@ -90,7 +90,7 @@ def check_slots(config: TrainConfig, components: tuple[str, ...] = COMPONENTS) -
     """The placement on the slots an in-process Ray will have; None when joining a cluster by address, whose
     slots are known only once joined (the slot sets' syntax is still checked)."""
     cluster = config.cluster
-    if cluster.auto:  # no placement yet: auto placement keeps only candidates whose envs split (embodied/plan.py)
+    if cluster.auto:  # no placement yet: auto placement keeps only candidates whose envs split (plan.py)
         return None
     if cluster.address is not None:
         for component in components:

@@ -114,11 +114,13 @@ class Runner:
                 with self.timed("eval", metrics):
                     metrics |= self.evaluate()
                 evaluated_at = c.iteration
+            self._report(metrics)  # before the checkpoint: a run resumed from it has logged this iteration
             if self._due(config.checkpoint.every_n_iterations):
-                with self.timed("checkpoint", metrics):
+                timing: dict[str, float] = {}
+                with self.timed("checkpoint", timing):
                     self.save_checkpoint()
+                self.logger.log(timing, step=c.env_steps)
                 checkpointed_at = c.iteration
-            self._report(metrics)
             target = config.run.stop_at_eval_success
             if target is not None and self.last_eval.get("eval/success_once", -1.0) >= target:
                 self.progress.message(
@@ -180,7 +182,8 @@ class Runner:
                 "wall_seconds": c.wall_seconds + time.monotonic() - self.started,
                 "weight_version": self.workers.version,
             }
-            return self.checkpointer.save(c.iteration, self.workers.save_checkpoint, counters, self.config_tree)
+            write = self.workers.save_checkpoint
+            return self.checkpointer.save(c.iteration, write, counters, self.config_tree)
 
     def _finish(self, evaluated_at: int | None, checkpointed_at: int | None) -> None:
         c, config = self.counters, self.config

@@ -88,7 +88,10 @@ def _train(
             print(note, flush=True)  # e.g. the value head, which SFT did not train, starts untrained
         # TensorBoard and W&B start (seconds) while the workers start
         with ThreadPoolExecutor(1) as pool:
-            pending_logger = pool.submit(MetricLogger, run_dir, config.logger, config_tree, config.run.name)
+            resume_step = read_counters(resume_target[1])["env_steps"] if resume_target is not None else None
+            pending_logger = pool.submit(
+                MetricLogger, run_dir, config.logger, config_tree, config.run.name, resume_step
+            )
             try:
                 workers = Components(cluster, config)
             finally:

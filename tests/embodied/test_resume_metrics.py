@@ -1,0 +1,46 @@
+"""A resumed run's metrics: what the stopped run logged after the checkpoint is dropped from TensorBoard and
+metrics.csv, so every step appears once, with the resumed run's values."""
+
+from __future__ import annotations
+
+import csv
+
+from embodied.config import LoggerConfig
+from embodied.logger import CSV_FILE, MetricLogger
+
+OFF = LoggerConfig.from_dict({"wandb": {"mode": "disabled"}})
+
+
+def log_steps(run_dir, steps, value, resume_step=None, cut_last_row=False):
+    logger = MetricLogger(run_dir, OFF, {"run": {"name": "t"}}, "t", resume_step=resume_step)
+    for step in steps:
+        logger.log({"progress/iteration": step / 10, "env/return": value}, step=step)
+    logger.close()
+    if cut_last_row:  # a kill in the middle of a write
+        path = run_dir / CSV_FILE
+        path.write_bytes(path.read_bytes()[:-7])
+
+
+def tensorboard_scalars(run_dir, key):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), purge_orphaned_data=True)
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(key)]
+
+
+def csv_rows(run_dir, key):
+    with open(run_dir / CSV_FILE, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "key", "value"]
+    return [(int(s), float(v)) for s, k, v in rows[1:] if k == key]
+
+
+def test_a_resumed_run_replaces_what_was_logged_after_its_checkpoint(tmp_path):
+    log_steps(tmp_path, [10, 20, 30, 40], value=1.0, cut_last_row=True)  # killed after step 40
+    log_steps(tmp_path, [30, 40, 50], value=2.0, resume_step=20)  # resumed from the checkpoint at step 20
+    expected = [(10, 1.0), (20, 1.0), (30, 2.0), (40, 2.0), (50, 2.0)]
+    assert csv_rows(tmp_path, "env/return") == expected
+    assert tensorboard_scalars(tmp_path, "env/return") == expected
+    iterations = [v for _, v in csv_rows(tmp_path, "progress/iteration")]
+    assert iterations == [1, 2, 3, 4, 5]  # no iteration twice, none missing
