@@ -13,12 +13,14 @@ import logging
 import math
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from algorithms.schema import ConfigError
+from embodied import reaper
 from embodied.config import COMPONENTS, ClusterConfig
 from embodied.fsdp import RENDEZVOUS_ENV
 from embodied.interrupt import reclaim
@@ -88,6 +90,7 @@ class Cluster:
         self.groups: list[WorkerGroup] = []
         self._placement_group = None
         self._rendezvous_dir: str | None = None  # embodied.fsdp's meeting point of the actor ranks
+        self._reaper: subprocess.Popen | None = None  # embodied.reaper's watcher of this process
         if not ray.is_initialized():
             self._init_ray(config)
         resources = ray.cluster_resources()
@@ -133,6 +136,8 @@ class Cluster:
             )
             raise ClusterError(f"could not start Ray in-process: {exc}\n{hint}") from exc
         self.started_ray = config.address is None
+        if self.started_ray:  # kills what Ray leaves behind if this process is killed (SIGKILL included)
+            self._reaper = reaper.watch()
         reclaim()  # ray.init installs its own SIGTERM handler; the run's (embodied.interrupt) stays in charge
 
     # -- slots --------------------------------------------------------------------------------------------------
@@ -229,6 +234,10 @@ class Cluster:
         if self._rendezvous_dir is not None:
             shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
             self._rendezvous_dir = None
+        if self._reaper is not None:  # Ray is down: nothing left to watch
+            self._reaper.terminate()
+            self._reaper.wait()
+            self._reaper = None
 
     def __enter__(self) -> Cluster:
         return self
