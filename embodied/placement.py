@@ -92,6 +92,11 @@ def resolve_placement(
     config: ClusterConfig, num_slots: int, components: tuple[str, ...] = COMPONENTS
 ) -> Placement:
     """The placement of `components` that `config` asks for on a cluster with `num_slots` slots."""
+    if config.component_placement is None:  # cluster.auto: only a training run profiles and chooses
+        raise ConfigError(
+            "cluster.auto=true: the placement is chosen when a training run starts (embodied/plan.py); "
+            "this command needs a fixed one: drop cluster=auto or give cluster.component_placement"
+        )
     slots = {c: parse_slots(config.component_placement[c], num_slots, c) for c in components}
     empty = [c for c, s in slots.items() if not s]
     if empty:

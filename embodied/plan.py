@@ -51,13 +51,7 @@ class Plan:
         c = self.chosen
         out = [f"auto placement: predictions for {len(self.predictions)} candidates (seconds per iteration)"]
         out += self.table().splitlines()
-        if self.invalid:
-            out.append(
-                f"  not possible: {len(self.invalid)} ("
-                + "; ".join(f"{cand.name}: {reason.split(';')[0]}" for cand, reason in self.invalid[:3])
-                + ("; ..." if len(self.invalid) > 3 else "")
-                + ")"
-            )
+        out += [f"  not possible: {cand.name}: {reason}" for cand, reason in self.invalid]
         out.append(
             f"auto placement: chose {c.candidate.name}: predicted {c.iteration:.3f} s per iteration "
             f"(rollout {c.rollout:.3f}, train {c.train:.3f}, sync {c.sync:.3f})"

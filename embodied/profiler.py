@@ -234,7 +234,10 @@ def measure(config: TrainConfig, log: Callable[[str], None] = print) -> Measurem
         raise
     result.seconds = time.perf_counter() - began
     result.started_ray = not had_ray
-    result.lines.insert(0, f"auto placement: profiled in {result.seconds:.1f} s ({result.placement.name})")
+    result.lines.insert(
+        0,
+        f"auto placement: profiled in {result.seconds:.1f} s, start-up included ({result.placement.name})",
+    )
     for line in result.lines:
         log(line)
     return result
@@ -247,20 +250,33 @@ def _measure(cluster, workers, config: TrainConfig, profiled: TrainConfig) -> Me
     )
     workload = workload_of(config)
     machine = Machine(cores=max(1, int(cluster.num_cpus)), gpus=cluster.num_gpus)
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name], clock = now - clock, now
+
     workers.sync_weights()
     epochs = _rollout_epochs(workers, profiled, workload)
+    lap("rollout epochs")
     n = workload.num_envs // len(here.env)
     env_per_env = statistics.median(r["sim_seconds"] / (k * n) for k, r, _, _ in epochs)
     valid, _ = cost_model.candidates(workload, machine)
     sizes = sorted({workload.num_envs // (len(c.env) * c.pipeline_stages) for c in valid} | {n})
     obs = workers.env.call("run", latest_observations, ranks=[0]).wait()[0]
     infer = workers.rollout.call("run", time_inference, obs, sizes, ranks=[0]).wait()[0]
+    lap("inference")
     training = _training(workers, config, workload, len(here.actor))
+    lap("training")
     sync = _weight_sync(workers, training)
     memory, machine = _memory(workers, workload, here, machine)
+    lap("weight sync and memory")
     profile = Profile(env_per_env, infer, training["per_sample"], training["step"], sync, memory=memory)
     profile = _calibrate(profile, epochs, here, workload, machine)
     lines = _report(profile, machine, training)
+    lines.append("  profiling steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     return Measurement(profile, machine, workload, here, 0.0, False, lines)
 
 

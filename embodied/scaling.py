@@ -121,25 +121,20 @@ class DataParallelCollectives(Collectives):
             sums[k] = value
 
     def step(self, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> float:
-        norm = torch.zeros(1)
-        if self.member == 0:
-            norm[0] = super().step(optimizer, max_grad_norm)
-        else:
-            optimizer.zero_grad(set_to_none=True)
-        self.broadcast_parameters(optimizer)
-        self.group.broadcast(norm, 0).wait()
-        return float(norm[0])
-
-    def broadcast_parameters(self, optimizer: torch.optim.Optimizer) -> None:
+        """Member 0 clips and steps; then one broadcast carries its parameters and gradient norm to all."""
         params = [_local(p) for group in optimizer.param_groups for p in group["params"]]
+        norm = super().step(optimizer, max_grad_norm) if self.member == 0 else 0.0
+        if self.member:
+            optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1) for p in params])
+            flat = torch.cat([p.detach().reshape(-1) for p in params] + [torch.tensor([norm])])
             self.group.broadcast(flat, 0).wait()
             if self.member:
                 offset = 0
                 for p in params:
                     p.copy_(flat[offset : offset + p.numel()].view_as(p))
                     offset += p.numel()
+        return float(flat[-1])
 
 
 def _group(host: str, port: int, member: int, members: int):

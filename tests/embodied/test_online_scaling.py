@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import socket
+import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -44,10 +45,26 @@ def member(rank: int, port: int, results) -> None:
     comm = DataParallelCollectives(Collectives(), group, rank, 2)
     comm.begin(VERSION)
     model = policy()
+    if rank == 0:  # the actor: a one-rank FSDP2 module (DTensor parameters and gradients), as in the runtime
+        from embodied import fsdp
+
+        own = dist.FileStore(f"{tempfile.gettempdir()}/test_online_scaling_{port}", 1)
+        dist.init_process_group("gloo", store=own, rank=0, world_size=1)
+        model = fsdp.shard(model, "cpu", "fp32", True)
     metrics = ppo_update(
-        model, build_optimizer(model, ACTOR), batch(), ACTOR, ALGORITHM, torch.Generator().manual_seed(5), comm
+        model,
+        build_optimizer(model, ACTOR),
+        batch(),
+        ACTOR,
+        ALGORITHM,
+        torch.Generator().manual_seed(5),
+        comm,
     )
-    results.put((rank, {k: v.detach().clone() for k, v in model.state_dict().items()}, metrics, comm.log))
+    full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().numpy().copy() for k, v in full.items()
+    }  # no shared-memory handle outlives the child
+    results.put((rank, state, metrics, comm.log))
 
 
 def free_port() -> int:
@@ -67,14 +84,21 @@ def test_two_members_give_the_one_process_update():
     processes = [context.Process(target=member, args=(r, port, results)) for r in range(2)]
     for p in processes:
         p.start()
-    out = dict((r, (state, metrics, log)) for r, state, metrics, log in (results.get(timeout=120) for _ in processes))
+    out = dict(
+        (r, (state, metrics, log)) for r, state, metrics, log in (results.get(timeout=120) for _ in processes)
+    )
     for p in processes:
         p.join(timeout=30)
     for rank in (0, 1):  # member 1 holds the actor's weights after every step (broadcast)
         state, metrics, log = out[rank]
         for name, tensor in alone.state_dict().items():
-            torch.testing.assert_close(state[name], tensor, rtol=1e-5, atol=1e-6)
-        for key in ("train/actor/pg_loss", "train/critic/value_loss", "train/actor/approx_kl", "train/actor/grad_norm"):
+            torch.testing.assert_close(torch.from_numpy(state[name]), tensor, rtol=1e-5, atol=1e-6)
+        for key in (
+            "train/actor/pg_loss",
+            "train/critic/value_loss",
+            "train/actor/approx_kl",
+            "train/actor/grad_norm",
+        ):
             assert metrics[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-7)
         # one micro-batch per member per mini-batch (the mini-batch of 12 is split in two): 2 epochs x 2
         assert len(log) == 4 and all(r["data_version"] == r["weights_version"] == VERSION for r in log)
