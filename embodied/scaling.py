@@ -299,28 +299,19 @@ class OnlineScaling:
 
     def _train_threads(self, progress: float) -> dict[str, float]:
         workers = self.workers
-        placement = workers.cluster.placement
-        own = workers.actor.infos[0].cores
-        every = sorted({c for s in range(placement.num_slots) for c in self._cores(s)})
+        groups = (workers.env, workers.rollout, workers.actor)
+        every = sorted({c for g in groups for info in g.infos for c in info.cores or ()})
+        every = every or list(range(int(workers.cluster.num_cpus)))  # workers not pinned (cluster.pin_cpus)
+        own = list(workers.actor.infos[0].cores or every)
         start = time.time()
         workers.actor.call("run", use_cores, every).wait()
         grown = time.time()
         metrics = workers.actor.train(progress).wait()[0]
         trained = time.time()
-        workers.actor.call("run", use_cores, list(own) if own else every).wait()
+        workers.actor.call("run", use_cores, own).wait()
         end = time.time()
         self._record(start, end)
         return metrics | {"time/scale_switch": (grown - start) + (end - trained)}
-
-    def _cores(self, slot: int) -> list[int]:
-        from embodied.slots import slot_cores
-
-        cores = (
-            sorted(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else list(range(os.cpu_count()))
-        )
-        return slot_cores(slot, self.workers.cluster.placement.num_slots, cores)
 
     def _record(self, start: float, end: float) -> None:
         slots = self.workers.cluster.placement.slots
