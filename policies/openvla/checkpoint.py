@@ -87,13 +87,19 @@ def _architecture_of(directory: Path, seen: list[str]) -> tuple[OpenVLACheckpoin
     if not isinstance(saved, OpenVLAConfig):
         raise ValueError(f"{directory} holds a {saved.name!r} policy, not an OpenVLA one")
     if not saved.pretrained:
-        return fresh_checkpoint_config(saved, saved_spec), None
-    if saved.pretrained in seen or not Path(saved.pretrained, CONFIG_NAME).is_file():
+        ckpt, source = fresh_checkpoint_config(saved, saved_spec), None
+    elif saved.pretrained in seen or not Path(saved.pretrained, CONFIG_NAME).is_file():
         raise FileNotFoundError(
             f"{directory} was trained from {saved.pretrained}, whose config.json describes the architecture and "
             "tokenizer, but it is not there; copy that checkpoint back to that path"
         )
-    return _architecture_of(Path(saved.pretrained), [*seen, str(directory)])
+    else:
+        ckpt, source = _architecture_of(Path(saved.pretrained), [*seen, str(directory)])
+    if (
+        saved.num_images_in_input is not None
+    ):  # what this checkpoint was trained with, over what it started from
+        ckpt = dataclasses.replace(ckpt, num_images_in_input=saved.num_images_in_input)
+    return ckpt, source
 
 
 def saved_lora_config(directory: str | Path, default: LoraConfig) -> LoraConfig:

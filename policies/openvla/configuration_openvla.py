@@ -52,6 +52,9 @@ class OpenVLACheckpointConfig:
     pad_to_multiple_of: int = 64
     pad_token_id: int = 32000
     norm_stats: dict[str, Any] = field(default_factory=dict)
+    # Camera images per input (OFT's `num_images_in_input`: 2 = third-person + wrist). OpenVLA's and OFT's own
+    # config.json do not record it (OFT sets it on the vision backbone at load time); this suite's saves do.
+    num_images_in_input: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # every other config.json key, kept verbatim
 
     # -- reading and writing config.json ----------------------------------------------------------------------
@@ -78,8 +81,9 @@ class OpenVLACheckpointConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        if out["timm_model_kwargs"] is None:
-            del out["timm_model_kwargs"]
+        for optional in ("timm_model_kwargs", "num_images_in_input"):
+            if out[optional] is None:
+                del out[optional]
         return {**self.extra, **out}
 
     # -- what the model is built from --------------------------------------------------------------------------
@@ -208,6 +212,18 @@ class OpenVLAConfig(PolicyConfig):
         None, help="dataset key of the checkpoint's norm_stats; null: the only one"
     )
     num_action_chunks: int = param(1, help="action chunk length C: C x A tokens per prediction", ge=1)
+    num_images_in_input: int | None = param(
+        None,
+        help="camera images per input: 1 (main_images) or 2 (main_images then wrist_images, OFT's LIBERO "
+        "checkpoints); null: the checkpoint's config.json num_images_in_input when it has one, else 1",
+        ge=1,
+        le=2,
+    )
+    center_crop: bool = param(
+        False,
+        help="crop the central 90% of each image's area and resize it back (OpenVLA's and OFT's evaluation of "
+        "checkpoints fine-tuned with random-crop augmentation, e.g. the LIBERO ones)",
+    )
     action_bins: int = param(
         256,
         help="action tokens of a model built from scratch (256 as released; a checkpoint brings its own count)",

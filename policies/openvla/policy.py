@@ -16,12 +16,14 @@ import abc
 import contextlib
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from algorithms.schema import ConfigError
 from envs.base import EnvSpec, Obs
 from policies.base import (
     CONFIG_NAME,
@@ -58,6 +60,8 @@ from policies.openvla.processing_openvla import (
 from policies.openvla.sampling import action_log_probs, entropy, gather_log_probs, sample_bins
 from policies.supervised import masked_mean, token_cross_entropy
 
+logger = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Modules beside the released network, saved under their own names; a checkpoint without them leaves them fresh.
 HEADS = ("value_head", "proprio_projector", "action_head", "action_std")
@@ -78,6 +82,7 @@ class OpenVLAPolicyBase(Policy):
         weights; `meta_device=True` allocates none (`from_config` then assigns the checkpoint's)."""
         super().__init__(config, env_spec)
         ckpt, self.source_dir = resolve_architecture(config, env_spec)
+        self.num_images = num_images_in_input(config, ckpt, env_spec)
         with torch.device("meta") if meta_device else contextlib.nullcontext():
             self.model = OpenVLAModel(ckpt, config.attn_implementation)
         self.num_chunks, self.action_dim = config.num_action_chunks, env_spec.action_dim
@@ -110,7 +115,8 @@ class OpenVLAPolicyBase(Policy):
                 f"{self.action_dim}; pick the matching unnorm_key or an env with that action_dim"
             )
         num_towers = 2 if ckpt.use_fused_vision_backbone else 1
-        images = image_transform_for(ckpt.timm_model_ids[:num_towers], ckpt.image_sizes[0], self.source_dir)
+        towers = ckpt.timm_model_ids[:num_towers]
+        images = image_transform_for(towers, ckpt.image_sizes[0], self.source_dir, config.center_crop)
         bins = ActionBins(ckpt.n_action_bins, stats["q01"], stats["q99"], stats["mask"])
         prompts = PromptEncoder(tokenizer, ckpt.pad_token_id, config.max_prompt_length)
         proprio = None
@@ -119,7 +125,7 @@ class OpenVLAPolicyBase(Policy):
             proprio = ProprioNormalizer(
                 self.env_spec.state_dim, proprio_stats.get("q01"), proprio_stats.get("q99")
             )
-        return OpenVLAProcessor(prompts, images, bins, proprio)
+        return OpenVLAProcessor(prompts, images, bins, proprio, self.num_images)
 
     def build_proprio_projector(self) -> nn.Module | None:
         """The module that turns `inputs["proprio"]` into extra prefix embeddings; none for OpenVLA."""
@@ -200,8 +206,9 @@ class OpenVLAPolicyBase(Policy):
             k.removeprefix("model."): v for k, v in state.items() if k.startswith(("model.", *HEAD_PREFIXES))
         }
         write_state_dict(directory, out, MAX_SHARD_BYTES)
+        described = dataclasses.replace(self.model.checkpoint_config, num_images_in_input=self.num_images)
         meta = {
-            **self.model.checkpoint_config.to_dict(),
+            **described.to_dict(),
             "torch_dtype": self.config.dtype,
             "policy": self.config.to_dict(),
             "env_spec": dataclasses.asdict(self.env_spec),
@@ -309,6 +316,28 @@ class OpenVLAPolicyBase(Policy):
         mask = batch["action_mask"].to(self.device)
         accuracy = masked_mean((log_probs.argmax(dim=-1) == bins).float(), mask)
         return token_cross_entropy(log_probs, bins, mask), {"token_accuracy": float(accuracy)}
+
+
+def num_images_in_input(config: OpenVLAConfig, ckpt: OpenVLACheckpointConfig, env_spec: EnvSpec) -> int:
+    """The camera images per input: `policy.num_images_in_input`, else what the checkpoint records, else 1.
+
+    An explicit value may differ from the checkpoint's (fine-tuning a one-image model with the wrist image is how
+    OFT's LIBERO checkpoints were made from OpenVLA); it is logged. Two images need the env's wrist camera."""
+    recorded = ckpt.num_images_in_input
+    count = config.num_images_in_input or recorded or 1
+    if recorded is not None and count != recorded:
+        logger.warning(
+            "policy.num_images_in_input=%d, but the checkpoint was trained with %d image(s) per input",
+            count,
+            recorded,
+        )
+    if count > 1 and not env_spec.has_wrist_image:
+        raise ConfigError(
+            f"policy.num_images_in_input={count} feeds main_images and wrist_images, but the env gives no "
+            "wrist_images: render its wrist camera (LIBERO: env.wrist_image=true; ManiSkill: "
+            "env.robot_uids=panda_wristcam) or set policy.num_images_in_input=1"
+        )
+    return count
 
 
 def bidirectional_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

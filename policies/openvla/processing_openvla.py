@@ -147,10 +147,18 @@ class PromptEncoder:
 
 class ImageTransform:
     """uint8 images [N, H, W, 3] -> `pixel_values` [N, 3 x towers, S, S]: resized (bicubic, antialiased, rounded
-    to uint8 like the official PIL path) and normalised once per tower with that tower's mean and std."""
+    to uint8 like the official PIL path), with `center_crop` cropped to OFT's central 90% (`center_crop`), and
+    normalised once per tower with that tower's mean and std."""
 
-    def __init__(self, size: int, means: list[tuple[float, ...]], stds: list[tuple[float, ...]]) -> None:
+    def __init__(
+        self,
+        size: int,
+        means: list[tuple[float, ...]],
+        stds: list[tuple[float, ...]],
+        center_crop: bool = False,
+    ) -> None:
         self.size = size
+        self.center_crop = center_crop
         mean = torch.tensor([m for tower in means for m in tower], dtype=torch.float32)
         std = torch.tensor([s for tower in stds for s in tower], dtype=torch.float32)
         self.mean, self.std, self.towers = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), len(means)
@@ -164,20 +172,60 @@ class ImageTransform:
                 x, size=(self.size, self.size), mode="bicubic", antialias=True, align_corners=False
             )
             x = x.round().clamp(0, 255)
+        if self.center_crop:
+            x = center_crop(x)
         x = (x / 255.0).repeat(1, self.towers, 1, 1)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
-def image_transform_for(timm_ids: list[str], size: int, checkpoint_dir: str | None) -> ImageTransform:
+CROP_AREA = 0.9  # OFT's (and OpenVLA's) evaluation crop: random crops of 90% of the area in training
+
+
+def center_crop(images: torch.Tensor, area: float = CROP_AREA) -> torch.Tensor:
+    """Integer-valued images [N, 3, H, W] in 0..255 -> the central crop of `area` of the image (sqrt(area) of
+    each side) resized back to [N, 3, H, W], integer-valued, as OFT's `center_crop_image` makes it.
+
+    OFT crops with TensorFlow (`tf.image.crop_and_resize` of the box (1 - sqrt(area)) / 2 .. (1 + sqrt(area)) / 2
+    on the image as float32 in [0, 1], bilinear) and converts back to uint8 with `convert_image_dtype`
+    (floor(x * 255.5)). The sampling is TF's: output pixel i reads input coordinate
+    y1 (H - 1) + i (y2 - y1)(H - 1) / (H - 1), interpolated between its floor and ceil pixels, rows after columns;
+    the arithmetic follows TF's float32 order."""
+    n, c, height, width = images.shape
+    side = torch.tensor(area, dtype=torch.float32).sqrt()
+    start = (1.0 - side) / 2.0
+    end = start + side
+    x = images.float() * (1.0 / 255.0)
+
+    def sample(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scale = (end - start) * (size - 1) / (size - 1)
+        coord = start * (size - 1) + torch.arange(size, dtype=torch.float32) * scale
+        low, high = coord.floor().long(), coord.ceil().long()
+        return low.to(x.device), high.to(x.device), (coord - low).to(x.device)
+
+    (y_low, y_high, y_lerp), (x_low, x_high, x_lerp) = sample(height), sample(width)
+
+    def along_x(rows: torch.Tensor) -> torch.Tensor:
+        left, right = rows[..., x_low], rows[..., x_high]
+        return left + (right - left) * x_lerp
+
+    top, bottom = along_x(x[:, :, y_low, :]), along_x(x[:, :, y_high, :])
+    crop = (top + (bottom - top) * y_lerp[:, None]).clamp(0.0, 1.0)
+    return (crop * 255.5).floor().clamp(max=255.0)
+
+
+def image_transform_for(
+    timm_ids: list[str], size: int, checkpoint_dir: str | None, center_crop: bool = False
+) -> ImageTransform:
     """The checkpoint's preprocessor_config.json means/stds when present, else timm's for each tower."""
     path = Path(checkpoint_dir) / "preprocessor_config.json" if checkpoint_dir else None
     if path is not None and path.is_file():
         cfg = json.loads(path.read_text())
         if "means" in cfg and "stds" in cfg:
-            return ImageTransform(size, [tuple(m) for m in cfg["means"]], [tuple(s) for s in cfg["stds"]])
+            means, stds = [tuple(m) for m in cfg["means"]], [tuple(s) for s in cfg["stds"]]
+            return ImageTransform(size, means, stds, center_crop)
     means = [SIGLIP_MEAN if "siglip" in t else IMAGENET_MEAN for t in timm_ids]
     stds = [SIGLIP_STD if "siglip" in t else IMAGENET_STD for t in timm_ids]
-    return ImageTransform(size, means, stds)
+    return ImageTransform(size, means, stds, center_crop)
 
 
 class ActionBins:
@@ -256,9 +304,21 @@ class ProprioNormalizer:
         return (2.0 * (x - q01) / (q99 - q01).clamp_min(1e-8) - 1.0).clamp(-1.0, 1.0)
 
 
+# The observation's camera images in the order OFT stacks them: the third-person image, then the wrist image.
+CAMERAS = ("main_images", "wrist_images")
+NO_CAMERA_HELP = {
+    "main_images": "use an rgb obs mode of the env",
+    "wrist_images": "render the env's wrist camera (LIBERO: env.wrist_image=true; ManiSkill: "
+    "env.robot_uids=panda_wristcam), or feed the main image only (policy.num_images_in_input=1)",
+}
+
+
 class OpenVLAProcessor:
     """Env observations -> model inputs (`input_ids`, `attention_mask`, `pixel_values`, and `proprio` with a
-    proprio normaliser); bins -> env actions."""
+    proprio normaliser); bins -> env actions.
+
+    `pixel_values` [N, I x 3 x towers, S, S] stacks the `num_images` first `CAMERAS` along the channel axis, each
+    transformed on its own, as OFT's `get_vla_action` concatenates the processor's outputs."""
 
     def __init__(
         self,
@@ -266,18 +326,24 @@ class OpenVLAProcessor:
         images: ImageTransform,
         bins: ActionBins,
         proprio: ProprioNormalizer | None = None,
+        num_images: int = 1,
     ) -> None:
         self.tokenizer = prompts.tokenizer
         self.prompts = prompts
         self.images = images
         self.bins = bins
         self.proprio = proprio
+        self.cameras = CAMERAS[:num_images]
 
     def __call__(self, obs: dict, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        if "main_images" not in obs:
-            raise KeyError("OpenVLA needs main_images in the observation; use an rgb obs mode of the env")
+        for camera in self.cameras:
+            if camera not in obs:
+                raise KeyError(
+                    f"this OpenVLA policy reads {' and '.join(self.cameras)} (policy.num_images_in_input="
+                    f"{len(self.cameras)}) but the observation has no {camera}: {NO_CAMERA_HELP[camera]}"
+                )
         input_ids, attention_mask = self.prompts(list(obs["task_descriptions"]))
-        pixel_values = self.images(obs["main_images"].to(device))
+        pixel_values = torch.cat([self.images(obs[camera].to(device)) for camera in self.cameras], dim=1)
         inputs = {
             "input_ids": input_ids.to(device),
             "attention_mask": attention_mask.to(device),

@@ -229,7 +229,12 @@ class TimmViT(nn.Module):
 
 class VisionBackbone(nn.Module):
     """OpenVLA's (fused) backbone: channels 0-2 go to `featurizer`, 3-5 to `fused_featurizer`; features are
-    concatenated along the feature axis ([B, P, D1 + D2])."""
+    concatenated along the feature axis ([B, P, D1 + D2]).
+
+    Several images (OpenVLA-OFT's `num_images_in_input`) come stacked along the channel axis, each with its own
+    `num_channels` (6 fused: main image's 0-5, wrist image's 6-11); as in OFT's backbone every image goes through
+    the towers on its own and the patches of all images are concatenated along the patch axis, image after image
+    ([B, I * P, D])."""
 
     def __init__(self, specs: list[ViTSpec]) -> None:
         super().__init__()
@@ -254,6 +259,19 @@ class VisionBackbone(nn.Module):
         return 6 if self.fused_featurizer is not None else 3
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [B, I * num_channels, S, S] (I images) -> patch features [B, I * P, D]."""
+        batch, channels, height, width = pixel_values.shape
+        if channels % self.num_channels:
+            raise ValueError(
+                f"pixel_values have {channels} channels, not a whole number of images of {self.num_channels}"
+            )
+        images = channels // self.num_channels
+        # the images of a row go through the towers as extra batch rows: one call, the same per-image features
+        features = self._features(pixel_values.reshape(batch * images, self.num_channels, height, width))
+        return features.reshape(batch, images * features.shape[1], features.shape[2])
+
+    def _features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, num_channels, S, S] -> [B, P, D] for one image per row."""
         if self.fused_featurizer is None:
             return self.featurizer(pixel_values)
         img, img_fused = torch.split(pixel_values, [3, 3], dim=1)
