@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+EXIT_BAD_INPUT = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,6 +117,19 @@ class Progress:
         self.bar.close()
 
 
+class ProtectedWriter:
+    """A DemoWriter whose episodes are written whole: a signal during `add_episode` takes effect after it."""
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+
+    def add_episode(self, **episode) -> None:
+        from embodied.interrupt import protected
+
+        with protected():
+            self.writer.add_episode(**episode)
+
+
 def report(args, config, summary, interrupted: bool) -> dict:
     """Print the collection's summary; return it for meta/inflow_collection.json."""
     import numpy as np
@@ -166,6 +179,7 @@ def report(args, config, summary, interrupted: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import envs.maniskill  # noqa: F401  (points ManiSkill at the project's assets before it is imported)
+    from embodied.interrupt import exit_code, handling_signals
     from envs import EnvConfig
     from envs.demos import DemoFormatError, DemoWriter
     from envs.maniskill import ManiSkillSetupError
@@ -188,22 +202,26 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"collecting {args.num_episodes} demos of {config.task}: {collector.info.source}; seeds from {args.seed}"
     )
-    progress, interrupted = Progress(args.num_episodes), False
+    progress, interrupted = Progress(args.num_episodes), 0
     try:
-        with DemoWriter(args.out, collector.info) as writer:
+        with handling_signals(), DemoWriter(args.out, collector.info) as writer:
             try:
-                collector.collect(writer, args.num_episodes, args.seed, max_attempts, progress)
-            except KeyboardInterrupt:
-                interrupted = True  # the writer still closes: the demos collected so far are kept
+                collector.collect(
+                    ProtectedWriter(writer), args.num_episodes, args.seed, max_attempts, progress
+                )
+            except (
+                KeyboardInterrupt
+            ) as exc:  # Ctrl-C or SIGTERM: the writer still closes, keeping the demos so far
+                interrupted = exit_code(exc)
     finally:
         progress.close()
         collector.close()
     summary = collector.summary
-    data = report(args, config, summary, interrupted)
+    data = report(args, config, summary, bool(interrupted))
     if summary.kept:
         (args.out / "meta" / "inflow_collection.json").write_text(json.dumps(data, indent=2))
     if interrupted:
-        return EXIT_INTERRUPTED
+        return interrupted
     if summary.kept < args.num_episodes:
         print(
             f"error: only {summary.kept} of {args.num_episodes} demos after {summary.attempts} seeds",
