@@ -291,7 +291,7 @@ class Pi0Policy(Policy):
         actions = batch["actions"].to(self.times.device)
         if actions.shape[1] != self.config.chunk_size:
             raise ValueError(
-                f"demo action chunks have {actions.shape[1]} steps but pi0 predicts chunk_size="
+                f"demo action chunks have {actions.shape[1]} steps but {self.config.name} predicts chunk_size="
                 f"{self.config.chunk_size}"
             )
         inputs = self._model_inputs(self._forward_inputs(batch))
