@@ -19,12 +19,13 @@ Sections whose concrete class depends on a name (a policy's config depends on `p
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from algorithms.registry import did_you_mean
+from algorithms.registry import UnknownNameError, did_you_mean
 
 C = TypeVar("C", bound="Config")
 _MISSING = dataclasses.MISSING
@@ -42,7 +43,10 @@ class ConfigError(ValueError):
         self.template, self.key, self.section = template, key, section
 
     def __str__(self) -> str:
-        return self.template.format(key=self.key, section=self.section)
+        try:
+            return self.template.format(key=self.key, section=self.section)
+        except (KeyError, IndexError, ValueError):  # braces of a quoted error text that were not escaped
+            return self.template.replace("{key}", self.key).replace("{section}", self.section)
 
     def within(self, section: str) -> ConfigError:
         if not section:
@@ -151,6 +155,8 @@ def _convert(value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _wrong_type(value, "a number")
+        if not math.isfinite(value):  # a NaN passes every bound check, an inf every lower one
+            raise ConfigError("{key}=" + repr(value) + " is not allowed; it must be a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, float) and value.is_integer():
@@ -231,17 +237,24 @@ class Config:
     def _from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         if not isinstance(data, Mapping):
             raise _wrong_type(data, f"a mapping of {cls.__name__} keys")
-        target = cls.subclass_for(str(data["name"])) if "name" in data else cls
+        try:
+            target = cls.subclass_for(str(data["name"])) if "name" in data else cls
+        except UnknownNameError as exc:  # a registry's error lists the known names
+            text = f"{data['name']!r}: {exc}".replace("{", "{{").replace("}", "}}")  # a format template
+            raise ConfigError("{key}=" + text, "name") from None
         names = [f.name for f in dataclasses.fields(target)]
-        for key in data:
-            if key not in names:
-                close = did_you_mean(str(key), names).replace(' "', " '{section}").replace('"?', "'?")
-                raise ConfigError(
-                    "unknown config key '{key}'." + close + " Valid keys here: " + ", ".join(names), str(key)
-                )
-        for f in dataclasses.fields(target):
+        unknown = [str(key) for key in data if key not in names]
+        for f in dataclasses.fields(target):  # first: a missing `name` decides which keys are valid at all
             if f.name not in data and f.default is _MISSING and f.default_factory is _MISSING:
-                raise ConfigError("config key '{key}' is required: " + f.metadata.get("help", ""), f.name)
+                close = did_you_mean(f.name, unknown)  # a key typed wrongly, e.g. 'nmae' for 'name'
+                typo = close.replace(' Did you mean "', "; is '").replace('"?', "' a typo?")
+                help_line = f.metadata.get("help", "")
+                raise ConfigError("config key '{key}' is required: " + help_line + typo, f.name)
+        for key in unknown:
+            close = did_you_mean(key, names).replace(' "', " '{section}").replace('"?', "'?")
+            raise ConfigError(
+                "unknown config key '{key}'." + close + " Valid keys here: " + ", ".join(names), key
+            )
         try:
             return target(**data)
         except TypeError as exc:  # e.g. a positional mismatch the checks above did not foresee

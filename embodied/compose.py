@@ -59,6 +59,11 @@ def _split_overrides(overrides: Sequence[str], groups: list[str]) -> tuple[list[
         except Exception as exc:  # hydra's grammar errors
             raise ConfigError(f"cannot parse override {text!r}: {exc}") from None
         key = override.key_or_group
+        if override.is_sweep_override():
+            raise ConfigError(
+                f"override {text!r} is a sweep (several runs), not one value; quote a string "
+                f"({key}='...') or give a list ({key}=[...])"
+            )
         if key in groups:
             choices.append(text)
         else:
@@ -82,6 +87,12 @@ def _compose(config_dir: Path, name: str, choices: list[str]) -> Any:
         raise ConfigError(f"{str(exc).splitlines()[0]}.{hint}") from None
     except HydraException as exc:
         raise ConfigError(f"cannot compose config {name!r}: {exc}") from None
+    except ValueError as exc:  # e.g. a group given a number (env=0)
+        groups = sorted({c.split("=")[0] for c in choices})
+        files = {g: ", ".join(sorted(p.stem for p in (CONFIG_DIR / g).glob("*.yaml"))) for g in groups}
+        options = "; ".join(f"{g}: {names}" for g, names in files.items())
+        given = ", ".join(choices)
+        raise ConfigError(f"{given}: {exc}. A group takes the name of one of its files ({options})") from None
 
 
 def load_config(
@@ -91,14 +102,20 @@ def load_config(
     (a `TrainConfig`, or e.g. an `SFTConfig`) and the resolved plain tree (what is logged and stored in
     checkpoints)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     config_dir, name = _locate(config)
     choices, values = _split_overrides(overrides, config_groups())
     composed = _compose(config_dir, name, choices)
     OmegaConf.set_struct(composed, False)
-    for key, value in values:
-        OmegaConf.update(composed, key, value, merge=False, force_add=True)
-    tree = OmegaConf.to_container(composed, resolve=True)
+    try:
+        for key, value in values:
+            OmegaConf.update(composed, key, value, merge=False, force_add=True)
+        tree = OmegaConf.to_container(composed, resolve=True)
+    except OmegaConfBaseException as exc:  # e.g. a value that interpolates a key that does not exist
+        where = getattr(exc, "full_key", None) or ", ".join(k for k, _ in values)
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: {reason}; write the value as a plain string or number") from None
     tree.pop("hydra", None)
     run = tree.setdefault("run", {})
     if isinstance(run, dict):  # anything else fails validation below, with the key named

@@ -44,7 +44,7 @@ def parse_slots(spec: str | int, num_slots: int, component: str) -> tuple[int, .
                     f"{key}={spec!r} is not a slot set; write 'all', a range '0-3', a list '0,2' or one slot '1'"
                 )
     if len(set(slots)) != len(slots):
-        raise ConfigError(f"{key}={spec!r} names a slot twice")
+        raise ConfigError(f"{key}={spec!r} names a slot twice; write each slot once, e.g. '0,1' or '0-3'")
     beyond = [s for s in slots if s >= num_slots]
     if beyond:
         raise ConfigError(

@@ -42,7 +42,7 @@ def check_before_start(
     check_paths(config)
     placement = check_slots(config, components)
     if placement is not None:
-        plan_for_placement(placement.slots, config.env, config.rollout.pipeline_stages)
+        check_routing(config, placement)
     if resume_target is not None:
         from embodied.checkpoint_check import verify_checkpoint
 
@@ -107,6 +107,27 @@ def _visible_gpus() -> int:
     except ImportError:
         return 0
     return torch.cuda.device_count()
+
+
+def check_routing(config: TrainConfig, placement: Placement) -> None:
+    """The envs divide over the workers the placement gives; an error says where the worker counts came from."""
+    try:
+        plan_for_placement(placement.slots, config.env, config.rollout.pipeline_stages)
+    except ConfigError as exc:
+        cluster = config.cluster
+        if cluster.num_slots is not None:
+            origin = f"cluster.num_slots={cluster.num_slots}"
+        elif _visible_gpus():
+            origin = "one per GPU"
+        else:
+            origin = f"one per CPU, cluster.num_cpus={cluster.num_cpus}" + (
+                " (all)" if cluster.num_cpus is None else ""
+            )
+        workers = ", ".join(
+            f"{c} {len(s)} on cluster.component_placement.{c}" for c, s in placement.slots.items()
+        )
+        context = f" (workers: {workers}; {placement.num_slots} slots: {origin})"
+        raise ConfigError(str(exc).replace("{", "{{").replace("}", "}}") + context) from None
 
 
 def check_output_dir(output_dir: Path) -> None:

@@ -82,10 +82,12 @@ class EnvConfig(Config):
         if self.num_envs % self.group_size:
             raise ConfigError(
                 f"{{section}}num_envs={self.num_envs} is not a multiple of group_size={self.group_size}; "
-                "every group needs all its members"
+                "every group needs all its members: use a group_size that divides num_envs"
             )
         if self.num_workers > self.num_envs:
-            raise ConfigError(f"{{section}}num_workers={self.num_workers} exceeds num_envs={self.num_envs}")
+            raise ConfigError(
+                f"{{section}}num_workers={self.num_workers} exceeds num_envs={self.num_envs}; it must be at most that"
+            )
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ class Pi0Config(PolicyConfig):
             )
         if self.noise_std_min > self.noise_std_max:
             raise ConfigError(
-                f"{{section}}noise_std_min={self.noise_std_min} exceeds noise_std_max={self.noise_std_max}"
+                f"{{section}}noise_std_min={self.noise_std_min} exceeds noise_std_max={self.noise_std_max}; "
+                "it must be at most that"
             )
         if self.expert.width % 2:
             raise ConfigError(
