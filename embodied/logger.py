@@ -7,7 +7,8 @@ Eval videos (mp4) go to W&B as videos and to TensorBoard as animated GIFs in the
 A resumed run continues after its checkpoint's step (env steps): what the stopped run logged after that step
 is dropped from TensorBoard (its purge at the first new step) and from metrics.csv (those rows removed), so
 each step appears once. W&B cannot rewind a run (its rewind is in private preview): it keeps the first value
-logged at a step, so the steps between the checkpoint and the stop show the stopped run's values there.
+logged at a step, so the steps between the checkpoint and the stop show the stopped run's values there; the
+steps a killed driver had not yet handed to W&B are sent again on resume (`_replay_to_wandb`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def wandb_mode(config: LoggerConfig) -> str:
 
 
 CSV_FILE = "metrics.csv"
+WANDB_REPLAY_STEPS = 50  # steps a resumed run sends W&B again (see MetricLogger._replay_to_wandb)
 
 
 class CsvMetrics:
@@ -43,22 +45,31 @@ class CsvMetrics:
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
+        self.kept: list[list[str]] = []  # the rows up to a resumed run's checkpoint
         if resume_step is not None and path.is_file():
-            self._keep_until(resume_step)
+            self.kept = self._keep_until(resume_step)
         fresh = not path.is_file() or path.stat().st_size == 0
         self.file = open(path, "a", newline="")  # noqa: SIM115 - open for the run, closed by close()
         self.writer = csv.writer(self.file)
         if fresh:
             self.writer.writerow(self.HEADER)
 
-    def _keep_until(self, step: int) -> None:
-        """Drop the rows after `step` (and a last row a kill cut short), atomically."""
+    def _keep_until(self, step: int) -> list[list[str]]:
+        """Drop the rows after `step` (and a last row a kill cut short), atomically; returns those kept."""
         with open(self.path, newline="") as f:
             rows = [r for r in csv.reader(f) if len(r) == 3 and r[0].isdigit() and int(r[0]) <= step]
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows([self.HEADER, *rows])
         os.replace(tmp, self.path)
+        return rows
+
+    def last_steps(self, count: int) -> dict[int, dict[str, float]]:
+        """The metrics of the last `count` steps kept on resume, by step."""
+        by_step: dict[int, dict[str, float]] = {}
+        for step, key, value in self.kept:
+            by_step.setdefault(int(step), {})[key] = float(value)
+        return {s: by_step[s] for s in sorted(by_step)[-count:]}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.writer.writerows((step, key, repr(float(value))) for key, value in metrics.items())
@@ -105,6 +116,17 @@ class MetricLogger:
                 resume="allow",
                 id=f"{run_name}-{self.run_dir.name}".replace("/", "-"),
             )
+            if resume_step is not None:
+                self._replay_to_wandb()
+
+    def _replay_to_wandb(self) -> None:
+        """A driver killed with SIGKILL loses the W&B rows its client and W&B's service still buffered (seconds'
+        worth; metrics.csv and TensorBoard write as they go). A resumed run sends the last logged steps up to
+        its checkpoint again, from metrics.csv: W&B keeps the first value it has at a step (online, the client
+        skips the steps the run already has), so only the lost ones are added."""
+        for step, metrics in self.csv.last_steps(WANDB_REPLAY_STEPS).items():
+            if step > self.wandb.step:
+                self.wandb.log(metrics, step=step)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for key, value in metrics.items():

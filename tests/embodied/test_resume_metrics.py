@@ -44,3 +44,24 @@ def test_a_resumed_run_replaces_what_was_logged_after_its_checkpoint(tmp_path):
     assert tensorboard_scalars(tmp_path, "env/return") == expected
     iterations = [v for _, v in csv_rows(tmp_path, "progress/iteration")]
     assert iterations == [1, 2, 3, 4, 5]  # no iteration twice, none missing
+
+
+def test_a_resumed_run_sends_wandb_the_steps_a_killed_driver_lost(tmp_path):
+    """W&B's client and service buffer rows: a driver killed with SIGKILL loses the last ones. The resumed run
+    sends the steps up to its checkpoint again from metrics.csv; W&B keeps the first value per step."""
+    import shutil
+
+    from drills import wandb_after_sync, wandb_segments
+
+    offline = LoggerConfig.from_dict({"wandb": {"mode": "offline"}})
+    logger = MetricLogger(tmp_path, offline, {"run": {"name": "t"}}, "t")
+    for i in (1, 2, 3, 4):
+        logger.log({"progress/iteration": i}, step=10 * i)
+    logger.close()
+    for segment in tmp_path.glob("wandb/offline-run-*"):  # as if the kill lost every W&B row
+        shutil.rmtree(segment)
+    logger = MetricLogger(tmp_path, offline, {"run": {"name": "t"}}, "t", resume_step=30)
+    for i in (4, 5):
+        logger.log({"progress/iteration": i}, step=10 * i)
+    logger.close()
+    assert wandb_after_sync(wandb_segments(tmp_path)) == [1, 2, 3, 4, 5]
