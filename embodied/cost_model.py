@@ -6,13 +6,15 @@ Pure Python (no Ray, no torch), so it is tested on synthetic profiles. `embodied
 One iteration is three phases that follow each other (the runtime is synchronous):
 
     rollout   T chunk steps; every env worker steps its `pipeline_stages` units, every rollout worker infers
-              the units it serves. Per chunk step the envs of a unit take `te` (simulation, messages) and its
-              inference `ti`; the step takes
-                  cycle = max(busiest compute unit's load,  te + ti)
+              the units it serves. Per chunk step the envs of a unit take `te` (simulation) and its inference
+              `ti`, and the two messages between them `o`; the step takes
+                  cycle = max(busiest compute unit's load,  te + ti + o)
               where a compute unit is a GPU, or on a CPU-only machine a core: workers whose slots share a core
               take turns on it, so their loads add up (an env worker and a rollout worker on the same core
-              cannot overlap, however many pipeline stages), and workers on different cores overlap. te + ti
-              is one unit's round trip, which no pipelining hides.
+              cannot overlap their compute, however many pipeline stages), and workers on different cores
+              overlap. te + ti + o is one unit's round trip, which no pipelining hides; the messages are
+              latency (mostly waiting for the other process to be scheduled), not load, so while one unit's
+              message travels the core works on another unit: more stages hide it.
                   rollout = T * cycle + epoch overhead (resets, trajectories to the actor, advantages)
     train     update_epochs x num_minibatches optimizer steps; with A actor ranks each computes B/A of the
               B = num_envs x T samples:
@@ -89,7 +91,9 @@ class Profile:
     train_per_sample: dict[int, float]  # actor ranks -> forward + backward of one sample, per rank
     optimizer_step: dict[int, float]  # actor ranks -> one optimizer step (and the gradient reduction)
     weight_sync: dict[int, float]  # actor ranks -> gather + load into the rollout workers
-    unit_overhead: float = 0.0  # per unit and chunk step: the messages between env and rollout worker
+    unit_overhead: float = (
+        0.0  # per unit and chunk step: the messages' latency between env and rollout worker
+    )
     epoch_overhead: float = 0.0  # per rollout epoch: resets, trajectories to the actor, advantages
     memory: MemoryProfile = field(default_factory=MemoryProfile)
 
@@ -229,7 +233,7 @@ def rollout_seconds(c: Candidate, w: Workload, p: Profile, machine: Machine) -> 
     """T chunk steps of the pipelined rollout plus the epoch overhead (see the module docstring)."""
     units = len(c.env) * c.pipeline_stages
     n = w.num_envs // units
-    te = n * p.env_per_env + p.unit_overhead
+    te = n * p.env_per_env
     ti = p.infer_seconds(n)
     load: dict[int, float] = {}
     for slot in c.env:
@@ -238,7 +242,7 @@ def rollout_seconds(c: Candidate, w: Workload, p: Profile, machine: Machine) -> 
     for slot in c.rollout:
         unit = _compute_unit(slot, c.num_slots, machine)
         load[unit] = load.get(unit, 0.0) + units / len(c.rollout) * ti
-    cycle = max(max(load.values()), te + ti)
+    cycle = max(max(load.values()), te + ti + p.unit_overhead)
     return w.num_steps * cycle + p.epoch_overhead
 
 

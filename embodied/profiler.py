@@ -6,14 +6,16 @@ It starts the run's own env, rollout and actor workers in the collocated placeme
 `rollout.pipeline_stages=1`; when the envs do not split that way, env + rollout on all slots with one actor
 rank, or everything on one slot) and measures, in a bounded number of steps:
 
-1. rollout: a warm-up epoch, then epochs of k1 < k2 <= 12 chunk steps (one epoch when T <= 2). The env workers'
-   simulation seconds give the **env step time per env**; the wall time, set against the cost model's cycle,
-   gives the messages per unit and chunk step and the per-epoch overhead (resets, trajectories, advantages).
+1. rollout: a warm-up epoch, then epochs of k1 < k2 <= 12 chunk steps, twice in turns (of T steps when
+   T <= 2). The env workers' simulation seconds give the **env step time per env**; the wall time, set
+   against the cost model's cycle, gives the messages' latency per unit and chunk step and the per-epoch
+   overhead (resets, trajectories, advantages).
 2. **inference time per batch size**: `predict` (train mode) on every unit size the candidates use, on
    observations of the env tiled to that size; one warm-up and three calls each (the median).
 3. **training time per sample**: `minibatch_step` (the real update step, target KL off) on the last epoch's
    batch tiled to the real mini-batch size and to half of it, on all actor ranks (FSDP2 over every slot)
-   and on a one-rank FSDP2 copy built on rank 0; t(m) = m x per-sample + per-step solves both.
+   and on a one-rank FSDP2 copy built on rank 0, three times in turns after a warm-up (medians: a change
+   of load hits both rank counts alike); t(m) = m x per-sample + per-step solves both.
 4. **weight sync**: twice with all ranks (gather, load into every rollout worker); the one-rank sync is the
    copy's gather plus the rollout workers' load.
 5. **memory per component**: each worker's resident memory (CPU; with its simulator processes) or peak GPU
@@ -41,6 +43,7 @@ from embodied.config import TrainConfig
 from embodied.cost_model import GIB, Candidate, Machine, MemoryProfile, Profile, Workload
 
 CALLS_PER_SIZE = 3
+TRAINING_REPEATS = 3  # timed mini-batch steps per size and rank count, in turns (medians)
 MAX_PROFILE_STEPS = 12
 MAX_PROFILE_SAMPLES = 256  # per timed mini-batch when the run's own has no micro-batch size
 GPU_CONTEXT_BYTES = 0.5 * GIB  # a CUDA context, which torch's allocator does not count
@@ -82,29 +85,31 @@ def time_inference(worker, obs: dict, sizes: list[int]) -> dict[int, float]:
     return out
 
 
-def _fit_minibatch(policy, optimizer, batch, worker, comm, sizes: tuple[int, int]) -> tuple[float, float]:
-    """(seconds per sample, seconds per optimizer step) from `minibatch_step` at two mini-batch sizes."""
+def _minibatch_seconds(policy, optimizer, batch, worker, comm, size: int) -> float:
+    """One `minibatch_step` (the real update step, target KL off) on `batch` tiled to `size` samples."""
     from embodied.training import minibatch_step
 
-    actor = worker.actor.replace(target_kl=None)
+    minibatch = batch.select(torch.arange(size) % len(batch))
+    start = time.perf_counter()
+    minibatch_step(policy, optimizer, minibatch, worker.actor.replace(target_kl=None), worker.algorithm, comm)
+    return time.perf_counter() - start
 
-    def seconds(size: int) -> float:
-        minibatch = batch.select(torch.arange(size) % len(batch))
-        start = time.perf_counter()
-        minibatch_step(policy, optimizer, minibatch, actor, worker.algorithm, comm)
-        return time.perf_counter() - start
 
-    small, large = sizes
-    seconds(small)  # warm-up
-    t_small = statistics.median(seconds(small) for _ in range(2))
-    t_large = statistics.median(seconds(large) for _ in range(2))
-    per_sample = max(0.0, (t_large - t_small) / max(large - small, 1))
-    return per_sample, max(0.0, t_small - small * per_sample)
+def _fit(seconds: dict[int, list[float]]) -> tuple[float, float]:
+    """(seconds per sample, seconds per step) of t(m) = m x per-sample + per-step through two sizes' medians.
+    The line always passes through the larger size (the run's own mini-batch), whose time the prediction
+    uses; when noise makes the slope negative or steeper than proportional, the time is taken as
+    proportional to the size."""
+    (small, t_small), (large, t_large) = sorted((m, statistics.median(v)) for m, v in seconds.items())
+    slope = (t_large - t_small) / max(large - small, 1)
+    per_sample = min(max(slope, 0.0), t_large / large) if slope > 0 else t_large / large
+    return per_sample, t_large - large * per_sample
 
 
 def time_training(worker, sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
     """Actor ranks (all together): per-sample and per-step seconds at this world size and, with more than
-    one rank, on a one-rank FSDP2 copy on rank 0; the copy's full-state gather for the one-rank sync."""
+    one rank, on a one-rank FSDP2 copy on rank 0, the two measured in turns (so that a change of load hits
+    both); the copy's full-state gather, for the one-rank sync."""
     import torch.distributed as dist
 
     from embodied import fsdp
@@ -113,22 +118,27 @@ def time_training(worker, sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
 
     worker._onload()
     world = worker.info.world_size
-    out: dict[str, Any] = {}
-    out[world] = _fit_minibatch(
-        worker.policy, worker.optimizer, worker.batch, worker, worker.comm, sizes[world]
-    )
+    runs = [(world, worker.policy, worker.optimizer, worker.comm)]
     if world > 1:
         group = dist.new_group([0])  # every rank takes part in creating it
         if worker.info.rank == 0:
             copy = make_policy(worker.policy_config, worker.env_spec).to(worker.device)
             a = worker.actor
             copy = fsdp.shard(copy, worker.info.device, a.precision, a.reshard_after_forward, group=group)
-            optimizer = build_optimizer(copy, a)
-            out[1] = _fit_minibatch(copy, optimizer, worker.batch, worker, Collectives(), sizes[1])
-            start = time.perf_counter()
-            fsdp.full_state_dict(copy)
-            out["gather_1"] = time.perf_counter() - start
-            del copy, optimizer
+            runs.append((1, copy, build_optimizer(copy, a), Collectives()))
+    seconds: dict[int, dict[int, list[float]]] = {r: {m: [] for m in sizes[r]} for r, *_ in runs}
+    for repeat in range(TRAINING_REPEATS + 1):  # the first warms up
+        for ranks, policy, optimizer, comm in runs:  # ranks > 0 skip the copy and wait in the next collective
+            for size in sizes[ranks]:
+                elapsed = _minibatch_seconds(policy, optimizer, worker.batch, worker, comm, size)
+                if repeat:
+                    seconds[ranks][size].append(elapsed)
+    out: dict[str, Any] = {r: _fit(s) for r, s in seconds.items()}
+    if len(runs) > 1:
+        start = time.perf_counter()
+        fsdp.full_state_dict(runs[1][1])
+        out["gather_1"] = time.perf_counter() - start
+    if world > 1:
         dist.barrier()
     return out
 
@@ -296,7 +306,9 @@ def _rollout_epochs(
         return steps, result, middle - start, time.perf_counter() - middle
 
     epoch(lengths[0])  # warm-up: first resets, lazy initialisation
-    return [epoch(k) for k in lengths for _ in range(2 if len(lengths) == 1 else 1)]
+    return [
+        epoch(k) for _ in range(2) for k in lengths
+    ]  # in turns, so that a change of load hits every length
 
 
 def _training(workers, config: TrainConfig, workload: Workload, ranks: int) -> dict[str, Any]:

@@ -83,18 +83,23 @@ def test_candidates_on_four_gpus():
 
 
 def test_env_bound_puts_every_core_on_simulation():
-    """Simulation dominates: the env must run on both cores; more pipeline stages only add messages."""
+    """Simulation dominates: the env must run on both cores; two stages hide the 1 ms of messages behind the
+    other unit's simulation and win by a hair; one core simulating all 8 envs takes twice as long."""
     w = Workload(num_envs=8, num_steps=10)
     p = profile(env=0.01, unit_overhead=1e-3)
     preds = rank(candidates(w, TWO_CORES)[0], w, p, TWO_CORES)
     chosen = best(preds)
-    assert len(chosen.candidate.env) == 2 and chosen.candidate.pipeline_stages == 1
-    # by hand: 4 envs per env worker, 0.04 s + 1 ms messages + 0.1 ms inference per chunk step, 10 steps
-    assert chosen.rollout == pytest.approx(10 * (0.04 + 1e-3 + 1e-4))
+    assert len(chosen.candidate.env) == 2 and chosen.candidate.pipeline_stages == 2
+    # by hand: per core 2 units of 2 envs (0.02 s each) and 2 inferences (0.1 ms each), 10 steps
+    assert chosen.rollout == pytest.approx(10 * (0.04 + 2e-4))
+    one_stage = next(x for x in preds if x.candidate.env == (0, 1) and x.candidate.pipeline_stages == 1)
+    assert one_stage.rollout == pytest.approx(
+        10 * (0.04 + 1e-4 + 1e-3)
+    )  # a unit's round trip, messages included
     disaggregated = next(
         x for x in preds if x.candidate.mode == "disaggregated" and x.candidate.pipeline_stages == 2
     )
-    assert disaggregated.rollout == pytest.approx(10 * 2 * (0.04 + 1e-3))  # one core simulates all 8 envs
+    assert disaggregated.rollout == pytest.approx(10 * 2 * 0.04)  # one core simulates all 8 envs
     assert disaggregated.iteration > 1.9 * chosen.iteration
 
 
@@ -179,3 +184,14 @@ def test_inference_time_interpolates_between_measured_batch_sizes():
     assert p.infer_seconds(4) == pytest.approx(0.03)
     assert p.infer_seconds(16) == pytest.approx(0.09)
     assert profile(infer={4: 0.04}).infer_seconds(2) == pytest.approx(0.02)
+
+
+def test_message_latency_is_hidden_by_pipeline_stages():
+    """Messages that cost 20 ms of waiting per round trip: with one stage every chunk step waits for them; with
+    four, the core computes the other units meanwhile, and only the compute remains."""
+    w = Workload(num_envs=8, num_steps=10)
+    p = profile(env=2e-3, infer={1: 1e-3, 4: 4e-3}, unit_overhead=0.02)
+    one = predict(Candidate(2, (0, 1), (0, 1), (0,), 1), w, p, TWO_CORES).rollout
+    four = predict(Candidate(2, (0, 1), (0, 1), (0,), 4), w, p, TWO_CORES).rollout
+    assert one == pytest.approx(10 * (4 * 2e-3 + 4e-3 + 0.02))  # one unit of 4 envs: its round trip
+    assert four == pytest.approx(10 * (2e-3 + 1e-3 + 0.02))  # four units of 1 env: one unit's round trip

@@ -67,3 +67,11 @@ def test_profiler_calibrates_message_and_epoch_overheads_from_two_epoch_lengths(
     calibrated = _calibrate(profile, epochs, here, Workload(16, 12), machine)
     assert calibrated.unit_overhead == pytest.approx(3e-3)
     assert calibrated.epoch_overhead == pytest.approx(0.25)
+
+
+def test_training_fit_passes_through_the_run_s_mini_batch_size():
+    from embodied.profiler import _fit
+
+    assert _fit({100: [0.12, 0.11, 0.13], 200: [0.22]}) == pytest.approx((1e-3, 0.02))
+    per_sample, step = _fit({100: [0.30], 200: [0.20]})  # noise: the larger took less time
+    assert per_sample == pytest.approx(1e-3) and step == pytest.approx(0.0)
