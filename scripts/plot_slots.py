@@ -42,7 +42,7 @@ def main() -> None:
         ax.plot([], [], color=colour, linewidth=8, label=component)
     ax.set_yticks(slots, [f"slot {s}" for s in slots])
     ax.set_xlabel("seconds since the first rollout")
-    ax.set_title(f"slots held per component: {args.run}")
+    ax.set_title(f"slots held per component: {args.run.resolve().parent.name}/{args.run.resolve().name}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.1 / len(slots)), ncol=3, frameon=False)
     ax.invert_yaxis()
     fig.tight_layout()
