@@ -218,9 +218,8 @@ def _start(config: TrainConfig):
             return cluster, Components(cluster, candidate), candidate
         except ConfigError as exc:
             last_error = exc
-            cluster.started_ray, started = False, cluster.started_ray  # keep Ray for the next attempt
+            cluster.started_ray = False  # keep Ray up for the next attempt (measure() stops it on failure)
             cluster.shutdown()
-            cluster.started_ray = started
     raise ConfigError(f"no profiling placement fits this config: {last_error}")
 
 
