@@ -60,6 +60,7 @@ def prepare(argv: list[str]):
     from algorithms.schema import ConfigError
     from embodied.compose import load_config
     from embodied.eval_checkpoint import check_policy_matches, resolve_checkpoint
+    from embodied.preflight import check_paths, check_slots
 
     name, ckpt, overrides = _split_args(argv)
     if ckpt is None:
@@ -83,6 +84,8 @@ def prepare(argv: list[str]):
         for line in differing:
             print(f"note: the config differs from the checkpoint's policy config in {line}", flush=True)
     task_passes(config.env, config.eval.tasks_per_pass)  # a bad split fails before Ray starts
+    check_paths(config)  # and the files the config names, and the placement on this machine's slots
+    check_slots(config, components=("env", "rollout"))
     return config, tree, source
 
 

@@ -115,10 +115,9 @@ def kill_trial(
     )
     checks.check("tensorboard iterations once each", tensorboard_iterations(run_dir) == expected)
     segments = wandb_segments(run_dir)
-    continues = bool(segments) and segments[-1][:1] == [k + 1]
-    checks.check(
-        "wandb: the resumed segment continues after the checkpoint", continues, [s[:3] for s in segments]
-    )
+    last = segments[-1] if segments else []  # the resumed process: steps up to k sent again, then k+1, ...
+    continues = last == sorted(last) and [i for i in last if i > k] == list(range(k + 1, total + 1))
+    checks.check("wandb: the resumed segment continues after the checkpoint", continues, segments)
     checks.check("wandb after sync: iterations once each", wandb_after_sync(segments) == expected)
     final = latest_checkpoint(run_dir)
     checks.check("final iteration", read_state(final)["iteration"] == total, read_state(final)["iteration"])
@@ -229,12 +228,7 @@ def disk_full_drill(workdir: Path, scenario: str) -> dict:
         run = start_run(workdir, f"disk-{scenario}", *overrides, wandb=False)
         try:
             if scenario != "first-checkpoint":
-                first = wait_until(
-                    lambda: run.run_dir() and latest_checkpoint(run.run_dir()), run, 600, poll=0.02
-                )
-                needed = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
-                leave = needed // 2 if scenario == "before-write" else needed + 8 * 1024
-                _fill(disk, leave)
+                _fill_before_the_next_write(run, disk, scenario)
             run.proc.wait(timeout=600)
         finally:
             stop(run)
@@ -279,9 +273,24 @@ def disk_full_drill(workdir: Path, scenario: str) -> dict:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+def _fill_before_the_next_write(run, disk: Path, scenario: str) -> None:
+    """before-write: once the first checkpoint is in, leave half its size free. during-write: leave room by
+    the estimate (its size + 512 KiB), then, once the next write has begun, fill up to 64 KiB."""
+    first = wait_until(lambda: run.run_dir() and latest_checkpoint(run.run_dir()), run, 600, poll=0.02)
+    needed = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
+    if scenario == "before-write":
+        _fill(disk, needed // 2)
+        return
+    _fill(disk, needed + 512 * 1024)
+    folder = first.parent
+    wait_until(lambda: any(p.name.startswith(".iter_") for p in folder.iterdir()), run, 600, poll=0.001)
+    _fill(disk, 64 * 1024)
+
+
 def _fill(disk: Path, leave: int) -> None:
+    """Grow the filler file until `leave` bytes are free."""
     free = shutil.disk_usage(disk).free
-    with open(disk / "filler", "wb") as f:
+    with open(disk / "filler", "ab") as f:
         f.write(b"\0" * max(0, free - leave))
 
 

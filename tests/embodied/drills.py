@@ -75,7 +75,8 @@ def start_run(workdir: Path, name: str, *overrides: str, env: dict | None = None
         proc = subprocess.Popen(
             command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=environment
         )
-    return Run(proc, log, workdir / "out" / "t", temp_dir)
+    output = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("run.output_dir=")), None)
+    return Run(proc, log, Path(output or workdir / "out") / "t", temp_dir)
 
 
 def wait_until(condition, run: Run, timeout: float, poll: float = 0.2):
