@@ -6,7 +6,7 @@
 
 A run folder's curve comes from its TensorBoard scalars (`eval/success_once`, and `progress/wall_minutes`,
 which counts from the moment the command started); a CSV is what scripts/reference_ppo.py writes
-(minutes, env_steps, success_once, return).
+(minutes, env_steps, success_once, return) or scripts/baseline_cleanrl_ppo.py writes (with seconds).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import argparse
 import csv
 from pathlib import Path
 
+Curve = tuple[list[float], list[float], list[float]]  # minutes, env steps, eval success_once
 
-def run_curve(folder: Path) -> tuple[list[float], list[float], list[float]]:
+
+def run_curve(folder: Path) -> Curve:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder / "tensorboard"))
@@ -27,7 +29,7 @@ def run_curve(folder: Path) -> tuple[list[float], list[float], list[float]]:
     return [minutes.get(s, float("nan")) for s in steps], steps, [e.value for e in success]
 
 
-def csv_curve(path: Path) -> tuple[list[float], list[float], list[float]]:
+def csv_curve(path: Path) -> Curve:
     with open(path) as f:
         rows = list(csv.DictReader(f))
     return (
@@ -35,6 +37,44 @@ def csv_curve(path: Path) -> tuple[list[float], list[float], list[float]]:
         [float(r["env_steps"]) for r in rows],
         [float(r["success_once"]) for r in rows],
     )
+
+
+def plot(
+    curves: list[tuple[str, Curve]],
+    out: str,
+    title: str,
+    goal: float | None = 0.9,
+    deadline: float | None = None,
+    colors: list[str | None] | None = None,
+) -> None:
+    """One PNG: success against wall-clock minutes (left) and env steps (right), a line per curve; `colors`
+    (one per curve, None: the next default) lets several seeds of one system share a colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_time, by_steps) = plt.subplots(1, 2, figsize=(11, 4))
+    for k, (label, (minutes, steps, success)) in enumerate(curves):
+        color = colors[k] if colors else None
+        by_time.plot(minutes, success, marker=".", label=label, color=color)
+        by_steps.plot([s / 1000 for s in steps], success, marker=".", label=label, color=color)
+    for ax, xlabel in ((by_time, "wall-clock minutes from the command"), (by_steps, "env steps (thousands)")):
+        if goal is not None:
+            ax.axhline(goal, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("eval success_once (64 episodes, deterministic)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    if deadline is not None:
+        by_time.axvline(deadline, color="red", linestyle=":", linewidth=1)
+    by_steps.legend(loc="lower right", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -46,32 +86,9 @@ def main() -> None:
     p.add_argument("--goal", type=float, default=0.9, help="horizontal line (success goal)")
     p.add_argument("--deadline", type=float, default=None, help="vertical line at this many minutes")
     args = p.parse_args()
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     curves = [(s.split("=", 1)[0], run_curve(Path(s.split("=", 1)[1]))) for s in args.run]
     curves += [(s.split("=", 1)[0], csv_curve(Path(s.split("=", 1)[1]))) for s in args.csv]
-    fig, (by_time, by_steps) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, (minutes, steps, success) in curves:
-        by_time.plot(minutes, success, marker=".", label=label)
-        by_steps.plot([s / 1000 for s in steps], success, marker=".", label=label)
-    for ax, xlabel in ((by_time, "wall-clock minutes from the command"), (by_steps, "env steps (thousands)")):
-        ax.axhline(args.goal, color="grey", linestyle=":", linewidth=1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("eval success_once (64 episodes, deterministic)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    if args.deadline is not None:
-        by_time.axvline(args.deadline, color="red", linestyle=":", linewidth=1)
-    by_steps.legend(loc="upper left", fontsize=8)
-    fig.suptitle(args.title)
-    fig.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(f"wrote {args.out}")
+    plot(curves, args.out, args.title, args.goal, args.deadline)
 
 
 if __name__ == "__main__":
