@@ -51,6 +51,7 @@ _TMP = re.compile(r"^\.iter_\d+\.tmp$")
 _NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
 _NUMPY_ARRAY_GLOBALS = (_NUMPY_CORE.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType)
 # how a full disk (or a file-size limit) shows in errors that lost their errno (torch's zip writer, safetensors)
+NEARLY_FULL = 1 << 20  # bytes free after a failed checkpoint write that mean the disk filled up
 _DISK_FULL_TEXT = (
     "No space left on device",
     "Disk quota exceeded",
@@ -195,8 +196,10 @@ class Checkpointer:
             return self.commit(tmp, iteration, counters, config_tree)
         except Exception as exc:
             written = folder_bytes(tmp) if tmp.is_dir() else 0
+            # errors of a full disk do not always say so (torch's zip writer: "unexpected pos", "iostream error")
+            full = is_disk_full(exc) or shutil.disk_usage(self.root).free < NEARLY_FULL
             shutil.rmtree(tmp, ignore_errors=True)
-            if is_disk_full(exc):
+            if full:
                 free = shutil.disk_usage(self.root).free
                 raise CheckpointWriteError(self._no_room(iteration, previous, needed, free, written)) from exc
             raise

@@ -45,6 +45,9 @@ def _locate(config: str) -> tuple[Path, str]:
     return CONFIG_DIR, config
 
 
+_DELETE = object()  # the value of a `~key` override
+
+
 def _split_overrides(overrides: Sequence[str], groups: list[str]) -> tuple[list[str], list[tuple[str, Any]]]:
     """Group choices (for Hydra) and (dotted key, parsed value) pairs (applied after composition)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -52,7 +55,7 @@ def _split_overrides(overrides: Sequence[str], groups: list[str]) -> tuple[list[
     parser = OverridesParser.create()
     choices, values = [], []
     for text in overrides:
-        if "=" not in text:
+        if "=" not in text and not text.startswith("~"):
             raise ConfigError(f"override {text!r} is not of the form key=value (e.g. actor.lr=1e-4)")
         try:
             override = parser.parse_override(text)
@@ -66,6 +69,8 @@ def _split_overrides(overrides: Sequence[str], groups: list[str]) -> tuple[list[
             )
         if key in groups:
             choices.append(text)
+        elif override.is_delete():  # ~key: the key is removed (a required one is then reported missing)
+            values.append((key, _DELETE))
         else:
             values.append((key, override.value()))
     return choices, values
@@ -110,7 +115,13 @@ def load_config(
     OmegaConf.set_struct(composed, False)
     try:
         for key, value in values:
-            OmegaConf.update(composed, key, value, merge=False, force_add=True)
+            if value is _DELETE:
+                parent, _, leaf = key.rpartition(".")
+                node = OmegaConf.select(composed, parent) if parent else composed
+                if node is not None and leaf in node:
+                    del node[leaf]
+            else:
+                OmegaConf.update(composed, key, value, merge=False, force_add=True)
         tree = OmegaConf.to_container(composed, resolve=True)
     except OmegaConfBaseException as exc:  # e.g. a value that interpolates a key that does not exist
         where = getattr(exc, "full_key", None) or ", ".join(k for k, _ in values)
@@ -122,6 +133,19 @@ def load_config(
         run.setdefault("name", name)
     typed = schema.from_dict(tree)
     return typed, typed.to_dict()
+
+
+def config_schema(config: str) -> type[TrainConfig]:
+    """The config class of a named config or YAML path: `SFTConfig` for a supervised fine-tuning run's (it has
+    an `sft` section; scripts/run_sft.sh), `TrainConfig` otherwise."""
+    import yaml
+
+    from embodied.sft_config import SFTConfig
+
+    config_dir, name = _locate(config)
+    path = next((p for p in (config_dir / f"{name}.yaml", config_dir / f"{name}.yml") if p.is_file()), None)
+    tree = yaml.safe_load(path.read_text()) if path is not None else None
+    return SFTConfig if isinstance(tree, dict) and "sft" in tree else TrainConfig
 
 
 def describe(config: Config, prefix: str = "") -> list[str]:

@@ -58,7 +58,7 @@ def prepare(argv: list[str]):
     worker starts (the checkpoint against the policy config, the task passes); raises ConfigError or
     CheckpointError."""
     from algorithms.schema import ConfigError
-    from embodied.compose import load_config
+    from embodied.compose import config_schema, load_config
     from embodied.eval_checkpoint import check_policy_matches, resolve_checkpoint
     from embodied.preflight import check_paths, check_slots
 
@@ -73,7 +73,7 @@ def prepare(argv: list[str]):
         if source.config_file is None or not source.config_file.is_file():
             raise ConfigError(f"ckpt={ckpt} is not a training checkpoint with a config.yaml: name a CONFIG")
         name = str(source.config_file)
-    config, tree = load_config(name, [*EVAL_DEFAULTS, *overrides])
+    config, tree = load_config(name, [*EVAL_DEFAULTS, *overrides], schema=config_schema(name))
     # group_size only matters for training (GRPO groups); in an evaluation every env is on its own
     config = config.replace(env=config.env.replace(group_size=1))
     tree = config.to_dict()

@@ -47,6 +47,7 @@ QUIET = [
     "checkpoint.at_end=false",
     "logger.wandb.mode=disabled",
     "logger.console=plain",
+    "cluster.startup_timeout_s=900",  # simulators start slowly on a loaded machine; start-up is not timed
 ]
 KEYS = ("time/iteration", "time/train", "time/rollout", "time/scale_switch")
 SKIP = 2  # warm-up iterations left out of the medians

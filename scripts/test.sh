@@ -11,6 +11,6 @@ set +e
 if [[ " $* " == *" -m "* ]]; then
   "$PYTHON" -m pytest "$@"
 else
-  "$PYTHON" -m pytest -m "not gpu" "$@"
+  "$PYTHON" -m pytest -m "not gpu" --durations=30 "$@"
 fi
 exit $?

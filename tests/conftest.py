@@ -17,7 +17,9 @@ def fixture_dir(name: str) -> Path:
     """The shared fixture folder `name`, or skip when neither INFLOW_FIXTURES nor ../shared/fixtures has it."""
     path = FIXTURES / name
     if not path.is_dir():
-        pytest.skip(f"fixture {name} not found under {FIXTURES} (set INFLOW_FIXTURES to the shared/fixtures folder)")
+        pytest.skip(
+            f"fixture {name} not found under {FIXTURES} (set INFLOW_FIXTURES to the shared/fixtures folder)"
+        )
     return path
 
 

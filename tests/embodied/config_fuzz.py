@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from algorithms.schema import ConfigError
 from embodied.checkpoint import CheckpointError, find_resume
 from embodied.checkpoint_check import verify_checkpoint
-from embodied.compose import REPO, load_config, named_configs
+from embodied.compose import REPO, config_schema, load_config, named_configs
 from embodied.config import TrainConfig
 from embodied.preflight import check_before_start, check_output_dir, check_paths, check_routing, check_slots
 
@@ -65,23 +65,9 @@ ALLOWED_WORDS = (
 
 
 @functools.cache
-def schema_of(name: str) -> type[TrainConfig]:
-    """TrainConfig, or SFTConfig for the supervised configs (scripts/run_sft.sh) with their `sft` section."""
-    from embodied.sft_config import SFTConfig
-
-    try:
-        load_config(name)
-    except ConfigError as exc:
-        if "unknown config key 'sft'" in str(exc):
-            return SFTConfig
-        raise
-    return TrainConfig
-
-
-@functools.cache
 def shipped_tree(name: str) -> dict[str, Any]:
     """The resolved tree of a shipped config (what load_config validates), composed once."""
-    return load_config(name, schema=schema_of(name))[1]
+    return load_config(name, schema=config_schema(name))[1]
 
 
 def paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -206,7 +192,7 @@ def needs_absent_files(name: str) -> bool:
     """Configs for checkpoints this machine lacks (a 7B model, a LIBERO fine-tune) fail the path check as they
     are; their mutations are checked by everything else."""
     try:
-        check_paths(schema_of(name).from_dict(shipped_tree(name)))
+        check_paths(config_schema(name).from_dict(shipped_tree(name)))
     except ConfigError:
         return True
     return False
@@ -233,7 +219,7 @@ def validate(tree: dict[str, Any], schema: type[TrainConfig] = TrainConfig, file
 def judge(case: Case) -> tuple[str, str]:
     """('accepted' | 'refused' | 'bad-message' | 'crash', detail) for one case."""
     try:
-        validate(case.tree, schema_of(case.config), files=not needs_absent_files(case.config))
+        validate(case.tree, config_schema(case.config), files=not needs_absent_files(case.config))
     except (ConfigError, CheckpointError) as exc:
         message = str(exc)
         if not names_key(message, case.key):

@@ -57,7 +57,8 @@ class Run:
 
 def start_run(workdir: Path, name: str, *overrides: str, env: dict | None = None, wandb: bool = True) -> Run:
     workdir.mkdir(parents=True, exist_ok=True)
-    temp_dir = str(Path("/tmp") / f"ray-{workdir.name}-{name}")[:60]  # Ray's socket paths must stay short
+    tag = hashlib.sha1(str(workdir / name).encode()).hexdigest()[:10]
+    temp_dir = f"/tmp/ray-drill-{tag}"  # one per run; short: Ray's socket paths have a length limit
     log = workdir / f"{name}.log"
     command = [
         sys.executable,

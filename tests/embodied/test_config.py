@@ -8,15 +8,16 @@ import sys
 import pytest
 
 from algorithms.schema import ConfigError
-from embodied.compose import CONFIG_DIR, describe, load_config, named_configs
+from embodied.compose import CONFIG_DIR, config_schema, describe, load_config, named_configs
 from embodied.config import TrainConfig
 
 
 @pytest.mark.parametrize("name", named_configs())
 def test_every_named_config_loads(name):
-    config, tree = load_config(name)
+    schema = config_schema(name)  # TrainConfig, or SFTConfig for the supervised configs
+    config, tree = load_config(name, schema=schema)
     assert isinstance(config, TrainConfig)
-    assert TrainConfig.from_dict(tree) == config  # the stored tree rebuilds the same config
+    assert schema.from_dict(tree) == config  # the stored tree rebuilds the same config
     assert config.run.name.startswith(name)  # eval_libero names its runs per suite: eval_libero_spatial, ...
 
 

@@ -11,7 +11,7 @@ import torch
 
 from algorithms.config import AlgorithmConfig
 from embodied.config import ActorConfig
-from embodied.training import build_optimizer, minibatch_step
+from embodied.training import Collectives, build_optimizer, minibatch_step
 from embodied.trajectory import EnvStep, TrajectoryBuilder, build_train_batch, token_metrics
 from envs import EnvConfig, make_env
 from policies import PolicyConfig, make_policy
@@ -60,20 +60,14 @@ def test_first_minibatch_has_ratio_one_and_the_mask_is_the_response(setup):
     assert torch.equal(batch.mask, trajectory.logprob_mask[0])  # [B, 1, L]: the response tokens
     actor = ActorConfig(update_epochs=1, num_minibatches=1, target_kl=None)
     optimizer = build_optimizer(policy, actor)
-    metrics, applied = minibatch_step(policy, optimizer, batch, actor, algorithm, comm=_NoComm())
+    metrics, applied = minibatch_step(
+        policy, optimizer, batch, actor, algorithm, comm=Collectives()
+    )  # one process
     assert applied
     assert abs(metrics["approx_kl"]) < 1e-6 and abs(metrics["ratio_mean"] - 1) < 1e-5
     assert metrics["clip_fraction_low"] == metrics["clip_fraction_high"] == 0
     lengths = trajectory.logprob_mask.sum(-1).float()
     assert token_metrics(trajectory)["rollout/response_length"] == pytest.approx(float(lengths.mean()))
-
-
-class _NoComm:
-    def mean(self, value):
-        return value
-
-    def gradient_sync(self, model, enabled):
-        pass
 
 
 def test_overlong_shaping_penalises_long_responses(setup):
