@@ -79,6 +79,19 @@ class CsvMetrics:
         self.file.close()
 
 
+def _after_existing_event_files(logdir: Path) -> None:
+    """Wait until the clock is past the second of the newest event file in `logdir`.
+
+    TensorBoard reads a folder's event files in the order of their names, `events.out.tfevents.<second>.<host>.
+    <pid>.<counter>`: a resumed run's file must sort after the stopped run's, or its purge comes first and the
+    stopped run's steps are read after it. Within one second the order falls to the pid and a per-process
+    counter compared as text (`.10` before `.9`), so a resume within the same second waits for the next one."""
+    names = (p.name.split(".") for p in logdir.glob("events.out.tfevents.*"))
+    newest = max((int(parts[3]) for parts in names if parts[3:4] and parts[3].isdigit()), default=None)
+    while newest is not None and int(time.time()) == newest:
+        time.sleep(1.0 - time.time() % 1.0 + 0.01)
+
+
 class MetricLogger:
     """Scalars and videos of one run folder. `resume_step`: the env steps of the checkpoint a resumed run
     starts from (see the module docstring)."""
@@ -95,6 +108,8 @@ class MetricLogger:
 
         self.run_dir = Path(run_dir)
         purge = None if resume_step is None else resume_step + 1
+        if resume_step is not None:
+            _after_existing_event_files(self.run_dir / "tensorboard")
         self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
         self.csv = CsvMetrics(self.run_dir / CSV_FILE, resume_step)
         self.tensorboard.add_text(

@@ -46,6 +46,19 @@ def test_a_resumed_run_replaces_what_was_logged_after_its_checkpoint(tmp_path):
     assert iterations == [1, 2, 3, 4, 5]  # no iteration twice, none missing
 
 
+def test_a_resume_within_the_same_second_is_read_after_the_stopped_run(tmp_path, monkeypatch):
+    """TensorBoard reads event files in name order (second, host, pid, then a per-process writer counter
+    compared as text): with the counter at 9 and 10 in the same second, the resumed run's file sorted first
+    and its purge came before the stopped run's steps (seen in CI, where earlier tests had made writers)."""
+    from tensorboard.summary.writer import event_file_writer
+
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(9))
+    log_steps(tmp_path, [10, 20, 30, 40], value=1.0)
+    log_steps(tmp_path, [30, 40, 50], value=2.0, resume_step=20)
+    expected = [(10, 1.0), (20, 1.0), (30, 2.0), (40, 2.0), (50, 2.0)]
+    assert tensorboard_scalars(tmp_path, "env/return") == expected
+
+
 def test_a_resumed_run_sends_wandb_the_steps_a_killed_driver_lost(tmp_path):
     """W&B's client and service buffer rows: a driver killed with SIGKILL loses the last ones. The resumed run
     sends the steps up to its checkpoint again from metrics.csv; W&B keeps the first value per step."""
