@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Hashable, Sequence
@@ -60,11 +61,23 @@ class WorkerError(RuntimeError):
     """A worker method failed or the worker died; the message names the group, rank and method."""
 
 
+def exit_when_a_finalizer_is_told_to(unraisable) -> None:
+    """sys.unraisablehook of a worker process. Ray stops a worker with SIGTERM, which its handler turns into
+    SystemExit; when that lands in a finalizer (e.g. a Ray `ActorHandle.__del__` while the run tears down after
+    a failure), Python prints it as "Exception ignored in ..." with a traceback, into the run's output, and the
+    worker carries on. Exit as asked instead, quietly; every other unraisable error is printed as before."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        code = unraisable.exc_value.code
+        os._exit(code if isinstance(code, int) else 1)
+    sys.__unraisablehook__(unraisable)
+
+
 class Worker:
     """Base class of the runtime's Ray actors (see the module docstring)."""
 
     def __init__(self, info: WorkerInfo) -> None:
         self.info = info
+        sys.unraisablehook = exit_when_a_finalizer_is_told_to
         if info.cores is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, info.cores)
         torch.set_num_threads(max(1, info.num_threads))

@@ -4,8 +4,10 @@ workers, fail-fast waits, timings; keyed FIFO channels with out-of-order deliver
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,3 +129,23 @@ def test_a_silent_peer_times_out_with_a_clear_error(ray_cluster, group):
     with pytest.raises(WorkerError, match=r"no item on channel 'silent' for keys \['nothing'\]"):
         group.call("receive", channel, "nothing", 1, ranks=[0]).wait()
     assert issubclass(ChannelTimeout, RuntimeError)
+
+
+def test_a_worker_told_to_exit_inside_a_finalizer_exits_quietly():
+    """Ray stops a worker with SIGTERM, raised as SystemExit; inside a finalizer Python would print a traceback
+    into the run's output and carry on (seen in the kill drill when a run tore down after a worker died)."""
+    script = (
+        "import embodied.worker as w\n"
+        "w.Worker(w.WorkerInfo('g', 0, 1, 0, None, 'cpu', 1, niceness=19))\n"
+        "class Finalized:\n"
+        "    def __del__(self):\n"
+        "        raise SystemExit(143)\n"
+        "Finalized()\n"
+        "print('carried on')\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=repo, timeout=120
+    )
+    assert done.returncode == 143, done.stderr
+    assert "Traceback" not in done.stderr and "carried on" not in done.stdout
