@@ -1,39 +1,42 @@
-"""PPO learns on ManiSkill PushCube-v1 (state): the training episodes' return rises within 24k env steps.
+"""PPO learns ManiSkill PushCube-v1 (state) with the default config within a fixed budget.
 
-Measured with the default config (16 envs x 100 steps per iteration, 2-core machine): the mean episode return
-is ~3-4 in the first two iterations and ~7-8.5 at iterations 13-15, before successes start to shorten the
-episodes; the test asks for a rise of at least 2.
+The default config (`maniskill_ppo_pushcube`: 16 envs x 100 steps per iteration, ManiSkill's PPO
+hyperparameters) for BUDGET env steps, its periodic evaluation off and one evaluation at the end (64 episodes,
+deterministic, fixed initial states): its success_once must reach FINAL; the untrained policy scores 0.00.
+Measured (docs/benchmarks.md, "the suite against a strong single-process baseline"): from 64k env steps on, the
+evaluations of `scripts/bench_learning.py`'s suite runs ranged 0.70-0.97 (seed 0: 0.95 at 80k), and this test's
+own run, seed 0 evaluated only at the end, ended at 0.78. FINAL = 0.5 leaves room for that spread. Whether the policy stays above 0.85 after its first eval >= 0.9 takes longer than a CI test may
+run; the benchmark measures it (today it does not).
 """
 
 from __future__ import annotations
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from embodied.compose import load_config
 from embodied.train import train
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
+BUDGET = 80_000
+FINAL = 0.5
 
-def test_return_rises_on_pushcube(tmp_path):
+
+def test_pushcube_learns_within_budget(tmp_path):
     config, tree = load_config(
         "maniskill_ppo_pushcube",
         [
-            "run.total_env_steps=24000",
+            f"run.total_env_steps={BUDGET}",
+            "run.stop_at_eval_success=null",
             "eval.every_n_iterations=0",
-            "eval.at_end=false",
+            "eval.at_end=true",
             "checkpoint.at_end=false",
             "checkpoint.every_n_iterations=0",
             "logger.wandb.mode=disabled",
             f"run.output_dir={tmp_path}",
         ],
     )
-    train(config, tree)
-    (run_dir,) = (tmp_path / "maniskill_ppo_pushcube").iterdir()
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    returns = [e.value for e in events.Scalars("env/return")]
-    assert len(returns) == 15
-    first, last = sum(returns[:2]) / 2, sum(returns[-3:]) / 3
-    assert last >= first + 2.0, f"return went from {first:.2f} to {last:.2f}: {returns}"
+    final = train(config, tree)
+    assert final["eval/success_once"] >= FINAL, (
+        f"eval success_once {final['eval/success_once']:.3f} after {BUDGET:,} env steps, below {FINAL}"
+    )
