@@ -110,7 +110,15 @@ def run_disk_full(args) -> list[dict]:
     for scenario in trials.DISK_SCENARIOS:
         with measurement_lock(args.lock) as load:
             started = time.monotonic()
-            result = trials.disk_full_drill(trial_dir(args.out, f"disk-{scenario}"), scenario)
+            try:
+                result = trials.disk_full_drill(trial_dir(args.out, f"disk-{scenario}"), scenario)
+            except Exception as exc:  # noqa: BLE001 - a drill that breaks is a finding, recorded
+                result = {
+                    "drill": "disk-full",
+                    "scenario": scenario,
+                    "ok": False,
+                    "failed": [f"{exc}"[:2000]],
+                }
             results.append(record(args.out, "disk-full", result, started, load))
     return results
 
@@ -190,7 +198,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=1000, help="soak iterations")
     parser.add_argument("--examples", type=int, default=20000, help="generated configs (command lines: 1/20)")
     parser.add_argument("--seed", type=int, default=14)
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "drills")
+    # absolute: the drills compare the paths a run prints with the run folder they expect
+    parser.add_argument("--out", type=lambda p: Path(p).resolve(), default=REPO / "runs" / "drills")
     parser.add_argument(
         "--lock", default=None, help="flock this file around each trial, e.g. /tmp/inflow_measure.lock"
     )

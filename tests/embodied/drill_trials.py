@@ -341,7 +341,9 @@ def _growth(samples: list[dict], warm: float) -> dict:
     if not samples:
         return {"ok": False, "failed": ["no samples"]}
     after = [s for s in samples if s["iteration"] >= warm] or samples
-    start, end = after[0], after[-1]
+    start = after[0]
+    # the last sample with every process of the start: the final ones may catch the run tearing down
+    end = next((s for s in reversed(after) if start["processes"].keys() <= s["processes"].keys()), after[-1])
     per_process = {}
     for name, (rss, fds, threads) in end["processes"].items():
         if name in start["processes"]:
