@@ -163,10 +163,10 @@ def run_fuzz(args) -> list[dict]:
 
 
 def _fuzz_command_lines(examples: int, st, settings, given, HealthCheck) -> dict:
-    from config_fuzz import SHIPPED, paths, schema_of, shipped_tree
+    from config_fuzz import SHIPPED, paths, shipped_tree
 
     from algorithms.schema import ConfigError
-    from embodied.compose import load_config
+    from embodied.compose import config_schema, load_config
 
     counts, problems = collections.Counter(), []
 
@@ -177,7 +177,7 @@ def _fuzz_command_lines(examples: int, st, settings, given, HealthCheck) -> dict
         key = ".".join(data.draw(st.sampled_from(paths(shipped_tree(name)))))
         value = data.draw(st.text(alphabet="ab01-_.,:=[]{}()'\" \\$~+", max_size=12))
         try:
-            load_config(name, [f"{key}={value}"], schema=schema_of(name))
+            load_config(name, [f"{key}={value}"], schema=config_schema(name))
             counts["accepted"] += 1
         except ConfigError:
             counts["refused"] += 1
