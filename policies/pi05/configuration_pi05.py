@@ -32,3 +32,9 @@ class Pi05Config(Pi0Config):
         "as openpi's pi05 models and LeRobot's PI05); false: the prompt is the task alone and the policy gets no "
         "state (openpi's pi05_libero was trained so)",
     )
+    adarms_gate_init: float = param(
+        0.0,
+        help="random init only (loaded weights replace it): the bias of every residual gate of the expert's adaRMS "
+        "norms. 0 (openpi's zero init) starts each attention and MLP branch of the expert closed, so the actions "
+        "ignore the images and the prompt until the gates grow; 1 starts the expert as plain pre-norm layers",
+    )

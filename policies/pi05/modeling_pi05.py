@@ -16,20 +16,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from policies.pi0.configuration_pi0 import Pi0Config
 from policies.pi0.modeling_pi0 import PaliGemmaFlowModel, time_embedding
+from policies.pi05.configuration_pi05 import Pi05Config
 
 
 class Pi05FlowModel(PaliGemmaFlowModel):
     """pi0.5: the suffix holds the action tokens only; the expert's norms are conditioned on the flow time."""
 
-    def __init__(self, config: Pi0Config) -> None:
+    def __init__(self, config: Pi05Config) -> None:
         super().__init__(config, expert_cond_dim=config.expert.width)
         width = config.expert.width
         self.action_in_proj = nn.Linear(config.max_action_dim, width)
         self.action_out_proj = nn.Linear(width, config.max_action_dim)
         self.time_mlp_in = nn.Linear(width, width)
         self.time_mlp_out = nn.Linear(width, width)
+        self._init_gates(config.adarms_gate_init)
+
+    def _init_gates(self, bias: float) -> None:
+        """Set the gate part of every residual-feeding adaRMS norm's bias (the final norm has no gate)."""
+        for layer in self.paligemma_with_expert.gemma_expert.model.layers:
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                with torch.no_grad():
+                    norm.dense.bias.chunk(3)[2].fill_(bias)
 
     def embed_suffix(
         self, state: torch.Tensor, x_t: torch.Tensor, time: torch.Tensor

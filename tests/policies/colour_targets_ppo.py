@@ -80,24 +80,26 @@ def success(policy, eval_env) -> float:
     return summarize(evaluate_in_process(policy, eval_env, EVAL_IDS))["eval/success_once"]
 
 
-def ppo_on_colour_targets(policy_config: PolicyConfig, iterations: int, seed: int = 0) -> dict[str, float]:
+def ppo_on_colour_targets(
+    policy_config: PolicyConfig, iterations: int, seed: int = 0, actor: ActorConfig = ACTOR
+) -> dict[str, float]:
     """Eval success before and after `iterations` PPO iterations (one thread, seeded), and after training with
-    blank images ("blank_images")."""
+    blank images ("blank_images"). `actor`: the update's settings (ACTOR unless a check says why not)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     env, eval_env = make_env(ENV), make_env(ENV.replace(num_envs=64, seed=1))
     try:
         policy = make_policy(policy_config, env.spec)
-        optimizer = build_optimizer(policy, ACTOR)
+        optimizer = build_optimizer(policy, actor)
         generator = torch.Generator().manual_seed(seed)
         results = {"before": success(policy, eval_env)}
         obs = env.reset(seed=seed)
         for i in range(iterations):
-            schedule_lr(optimizer, ACTOR, i / iterations)
+            schedule_lr(optimizer, actor, i / iterations)
             trajectory, obs = collect(env, policy, obs, num_steps=12)
             ppo_update(
-                policy, optimizer, build_train_batch(trajectory, ALGORITHM, 1), ACTOR, ALGORITHM, generator
+                policy, optimizer, build_train_batch(trajectory, ALGORITHM, 1), actor, ALGORITHM, generator
             )
         results["after"] = success(policy, eval_env)
         results["blank_images"] = success(WithoutTargets(policy), eval_env)

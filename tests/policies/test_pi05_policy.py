@@ -82,6 +82,31 @@ def test_logprobs_train_the_adarms_modulation_and_depend_on_it(env_and_obs, meth
     assert (moved - out.logprobs).abs().max() > 1e-3
 
 
+def _actions_with_flipped_images(policy: Pi05Policy, obs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic actions from one shared noise for the observations and for their mirrored images."""
+    fi = policy._forward_inputs(obs)
+    flipped = {**fi, "main_images": fi["main_images"].flip(2)}
+    shape = (len(obs["states"]), policy.config.chunk_size, policy.config.max_action_dim)
+    noise = torch.randn(shape, generator=torch.Generator())
+    steps = policy.config.num_steps
+    return tuple(policy.model.sample_actions(policy._model_inputs(x), noise, steps) for x in (fi, flipped))
+
+
+def test_openpis_zero_adarms_init_leaves_fresh_actions_blind_and_open_gates_do_not(env_and_obs):
+    """With openpi's init every residual gate of the expert is 0: a fresh expert returns norm(action_in_proj(x_t)),
+    so its actions ignore the images and the prompt, and PPO has no image dependence to reinforce (the tiny
+    preset opens the gates; docs/policies.md, "pi0.5 on the grounded task")."""
+    spec, obs = env_and_obs
+    closed, opened = _policy(spec), _policy(spec, adarms_gate_init=1.0)
+    expert = opened.model.paligemma_with_expert.gemma_expert.model
+    gates = expert.layers[1].input_layernorm.dense.bias.chunk(3)
+    assert torch.equal(gates[2], torch.ones_like(gates[2])) and not gates[0].any() and not gates[1].any()
+    same, flipped = _actions_with_flipped_images(closed, obs)
+    assert torch.equal(same, flipped)
+    same, flipped = _actions_with_flipped_images(opened, obs)
+    assert (same - flipped).abs().max() > 1e-3
+
+
 def test_the_state_reaches_the_policy_through_the_prompt(env_and_obs):
     spec, obs = env_and_obs
     policy = _perturbed(_policy(spec))
