@@ -73,6 +73,29 @@ def _local_only(rendezvous_dir: str) -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = saved_constant
 
 
+# What a Cluster that started the in-process Ray hands to the next Cluster of this process when it leaves Ray
+# up for it (embodied.profiler's placements, then the run's): the actor ranks' rendezvous folder (Ray's worker
+# processes inherited its path when Ray started) and the reaper. `stop_ray` releases them with Ray.
+_left_up: dict[str, Any] = {}
+
+
+def _release(rendezvous_dir: str | None, reaper_process: subprocess.Popen | None) -> None:
+    if rendezvous_dir is not None:
+        shutil.rmtree(rendezvous_dir, ignore_errors=True)
+    if reaper_process is not None:  # Ray is down: nothing left to watch
+        reaper_process.terminate()
+        reaper_process.wait()
+
+
+def stop_ray() -> None:
+    """Stop the in-process Ray (if up) and release what the Cluster that started it left with it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _release(_left_up.pop("rendezvous_dir", None), _left_up.pop("reaper", None))
+
+
 class ClusterError(RuntimeError):
     """Ray could not be started or joined, or could not place the workers."""
 
@@ -93,6 +116,9 @@ class Cluster:
         self._reaper: subprocess.Popen | None = None  # embodied.reaper's watcher of this process
         if not ray.is_initialized():
             self._init_ray(config)
+        else:  # joins the Ray a Cluster of this process left up: what it needs comes with it
+            self._rendezvous_dir = _left_up.pop("rendezvous_dir", None)
+            self._reaper = _left_up.pop("reaper", None)
         resources = ray.cluster_resources()
         self.num_gpus = int(resources.get("GPU", 0))
         self.num_cpus = float(resources.get("CPU", 0))
@@ -231,13 +257,14 @@ class Cluster:
         if self.started_ray and ray.is_initialized():
             ray.shutdown()
             self.started_ray = False
-        if self._rendezvous_dir is not None:
-            shutil.rmtree(self._rendezvous_dir, ignore_errors=True)
-            self._rendezvous_dir = None
-        if self._reaper is not None:  # Ray is down: nothing left to watch
-            self._reaper.terminate()
-            self._reaper.wait()
-            self._reaper = None
+        if ray.is_initialized():  # left up for the next Cluster of this process (or for stop_ray)
+            for key, value in (("rendezvous_dir", self._rendezvous_dir), ("reaper", self._reaper)):
+                if value is not None:
+                    _left_up[key] = value
+        else:
+            _release(self._rendezvous_dir, self._reaper)
+        self._rendezvous_dir = None
+        self._reaper = None
 
     def __enter__(self) -> Cluster:
         return self

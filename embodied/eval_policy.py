@@ -162,7 +162,7 @@ def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dic
 
     from embodied.cluster import Cluster
     from embodied.eval_report import write_report
-    from embodied.interrupt import Interrupted, protected
+    from embodied.interrupt import protected
 
     out_dir = _output_root(config) / config.run.name / time.strftime("eval-%Y%m%d-%H%M%S")
     cluster = Cluster(config.cluster, components=("env", "rollout"))
@@ -182,8 +182,8 @@ def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dic
                 cluster, config, source, passes, out_dir / "videos" if config.eval.video else None, episodes
             )
         except BaseException as exc:  # a failed or interrupted pass: the finished passes are not lost
-            if isinstance(exc, Interrupted):  # for the message of main()
-                exc.out_dir, exc.episodes = out_dir, episodes
+            if isinstance(exc, KeyboardInterrupt):  # for the message of main(); also Python's own, raised
+                exc.out_dir, exc.episodes = out_dir, episodes  # where Ray's code had the SIGINT handler
             if episodes:
                 write_report(
                     out_dir, episodes, {**meta, "incomplete": "stopped early; the finished passes only"}
@@ -210,7 +210,7 @@ def interrupted_message(exc: KeyboardInterrupt, argv: list[str]) -> str:
     from embodied.interrupt import Interrupted
     from embodied.train import launch_command
 
-    what = f"interrupted by {exc.signal_name}" if isinstance(exc, Interrupted) else "interrupted"
+    what = f"interrupted by {exc.signal_name if isinstance(exc, Interrupted) else 'SIGINT'}"
     out_dir, episodes = getattr(exc, "out_dir", None), getattr(exc, "episodes", [])
     again = shlex.join(launch_command(argv, "embodied.eval_policy"))
     if episodes:

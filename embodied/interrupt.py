@@ -144,7 +144,6 @@ def protected() -> Iterator[None]:
 def shutdown_ray_if_left() -> None:
     """After an interruption before the cluster object existed (during `ray.init`): stop Ray if it runs."""
     if "ray" in sys.modules:
-        import ray
+        from embodied.cluster import stop_ray
 
-        if ray.is_initialized():
-            ray.shutdown()
+        stop_ray()

@@ -93,9 +93,9 @@ def plan(config: TrainConfig, log: Callable[[str], None] = print) -> Plan:
         chosen = cost_model.best(predictions)
     except ConfigError:
         if measurement.started_ray:
-            import ray
+            from embodied.cluster import stop_ray
 
-            ray.shutdown()
+            stop_ray()
         raise
     return Plan(measurement, predictions, chosen, invalid)
 
@@ -155,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     finally:
-        import ray
+        from embodied.cluster import stop_ray
 
-        if ray.is_initialized():
-            ray.shutdown()
+        stop_ray()
     for line in result.lines():
         print(line)
     if config.cluster.auto:

@@ -238,8 +238,10 @@ def measure(config: TrainConfig, log: Callable[[str], None] = print) -> Measurem
             cluster.started_ray = False  # keep Ray up: the run's cluster joins it
             cluster.shutdown()
     except BaseException:
-        if not had_ray and ray.is_initialized():
-            ray.shutdown()
+        if not had_ray:
+            from embodied.cluster import stop_ray
+
+            stop_ray()
         raise
     result.seconds = time.perf_counter() - began
     result.started_ray = not had_ray

@@ -89,8 +89,7 @@ def measure_candidate(config_name: str, overrides: list[str], candidate, iterati
 
 
 def bench(workload: str, iterations: int, top: int | None) -> None:
-    import ray
-
+    from embodied.cluster import stop_ray
     from embodied.compose import load_config
     from embodied.plan import plan
 
@@ -101,8 +100,7 @@ def bench(workload: str, iterations: int, top: int | None) -> None:
         start_load, began = load(), time.perf_counter()
         result = plan(config, log=lambda line: print(f"  {line}", flush=True))
         profiled = f"{time.perf_counter() - began:.0f} s, load {start_load} -> {load()}"
-    if ray.is_initialized():
-        ray.shutdown()
+    stop_ray()
     predictions = result.predictions[:top] if top else result.predictions
     rows = []
     for p in predictions:

@@ -23,6 +23,15 @@ def fixture_dir(name: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service():
+    """A test that runs W&B in this process leaves WANDB_SERVICE (this process's wandb-core) in os.environ, and
+    every run a later test starts as a subprocess would attach to that service instead of starting its own: a
+    SIGKILLed run's stream then stays open there and its resume is refused the same run id."""
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -72,6 +72,7 @@ def start_run(workdir: Path, name: str, *overrides: str, env: dict | None = None
         *overrides,
     ]
     environment = dict(os.environ, WANDB_API_KEY=SECRET, RAY_DEDUP_LOGS="0", **(env or {}))
+    environment.pop("WANDB_SERVICE", None)  # the run's own wandb-core: a killed driver's must die with it
     with open(log, "w") as out:
         proc = subprocess.Popen(
             command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=environment

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from embodied.eval_checkpoint import CheckpointError, check_policy_matches, resolve_checkpoint
-from embodied.eval_policy import main, task_passes
+from embodied.eval_policy import interrupted_message, main, task_passes
 from embodied.eval_report import CSV, JSON, MARKDOWN, PLOT, write_report
 from embodied.evaluation import EvalEpisodes, task_schedules
 from envs.base import EnvConfig, EnvSpec, make_env
@@ -141,6 +141,20 @@ def test_episode_videos_have_one_frame_per_step_plus_the_reset_frame(tmp_path):
 def libero_config(**overrides) -> EnvConfig:
     return EnvConfig.from_dict(
         {"name": "libero", "suite": "libero_goal", "num_envs": 10, **overrides}, path="env"
+    )
+
+
+def test_a_ctrl_c_that_ray_raised_as_python_own_keyboard_interrupt_still_names_the_report():
+    """Ctrl-C reaches the driver either as the runtime's Interrupted or, where Ray's code held the SIGINT handler,
+    as Python's own KeyboardInterrupt: both name SIGINT and the folder with the finished passes."""
+    exc = KeyboardInterrupt()
+    exc.out_dir, exc.episodes = Path("/runs/eval-1"), [{}] * 4
+    message = interrupted_message(exc, ["eval_libero"])
+    assert message.startswith(
+        "interrupted by SIGINT; the report of the finished passes (4 episodes, marked incomplete) is in /runs/eval-1."
+    )
+    assert interrupted_message(KeyboardInterrupt(), ["eval_libero"]).startswith(
+        "interrupted by SIGINT; nothing was written."
     )
 
 

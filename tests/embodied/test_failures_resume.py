@@ -78,16 +78,13 @@ def assert_checkpoint_intact(checkpoint: Path) -> dict:
     return state
 
 
-REFERENCES: dict = {}  # uninterrupted runs from a checkpoint, by its digest: both trials resume from the same one
-
-
-@pytest.mark.parametrize("target", ["driver", "actor"])
-def test_a_run_killed_during_a_checkpoint_write_resumes_where_it_stopped(tmp_path, target):
-    """SIGKILL the driver or the actor while checkpoint 2 is being written (the drill of scripts/drill.py),
-    then resume=auto: the newest complete checkpoint (1) loads, the counter continues from it, every iteration
-    appears once in metrics.csv, TensorBoard and W&B, no process is left, and the final weights are bitwise
-    those of an uninterrupted run from a copy of that checkpoint."""
-    result = kill_trial(tmp_path, target, "checkpoint-write", seed=0, total=4, references=REFERENCES)
+def test_a_run_killed_during_a_checkpoint_write_resumes_where_it_stopped(tmp_path):
+    """SIGKILL the driver while checkpoint 2 is being written (the drill of scripts/drill.py), then resume=auto:
+    the newest complete checkpoint (1) loads, the counter continues from it, every iteration appears once in
+    metrics.csv, TensorBoard and W&B, no process is left, and the final weights are bitwise those of an
+    uninterrupted run from a copy of that checkpoint. Killing an actor, env or rollout worker instead (31 s more
+    here) is left to the drill's random targets: `python scripts/drill.py kill` (docs/reliability.md)."""
+    result = kill_trial(tmp_path, "driver", "checkpoint-write", seed=0, total=4)
     assert result["ok"], result["failed"]
     assert result["checkpoint_iteration"] == 1
 
