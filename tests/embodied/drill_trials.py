@@ -309,12 +309,11 @@ def soak(workdir: Path, iterations: int, sample_every_s: float = 5.0, warmup: fl
             time.sleep(sample_every_s)
     finally:
         stop(run)
-    return {
-        "drill": "soak",
-        "iterations": iterations,
-        "exit": run.proc.returncode,
-        **_growth(samples, iterations * warmup),
-    }
+    result = {"drill": "soak", "iterations": iterations, "exit": run.proc.returncode}
+    result |= _growth(samples, iterations * warmup)
+    if run.proc.returncode != 0:
+        result |= {"ok": False, "failed": [f"the run exited {run.proc.returncode}", *result["failed"]]}
+    return result
 
 
 def _sample(run) -> dict | None:
@@ -356,18 +355,33 @@ def _growth(samples: list[dict], warm: float) -> dict:
                 "threads": [threads0, threads],
             }
     worst = max((v["rss_growth_pct"] for v in per_process.values()), default=0.0)
+    grew = {  # open files or threads that grew by more than 2 from warm-up to the end, by process
+        f"{what} of {name}": v[what]
+        for name, v in per_process.items()
+        for what in ("fds", "threads")
+        if v[what][1] > v[what][0] + 2
+    }
+    failed = [f"RSS grew {worst:.1f}% after warm-up"] if worst >= 5.0 else []
+    failed += [f"{what}: {a} -> {b}" for what, (a, b) in grew.items()]
+    failed += [] if per_process else ["no process sampled after warm-up"]
     return {
         "last_iteration": samples[-1]["iteration"],
         "warmup_iteration": start["iteration"],
+        "end_iteration": end["iteration"],
         "samples": len(samples),
         "max_rss_growth_pct": worst,
         "processes": per_process,
-        "fds_stable": all(v["fds"][1] <= v["fds"][0] + 2 for v in per_process.values()),
-        "threads_stable": all(v["threads"][1] <= v["threads"][0] + 2 for v in per_process.values()),
-        "ok": bool(per_process) and worst < 5.0,
-        "failed": [] if worst < 5.0 else [f"RSS grew {worst:.1f}% after warm-up"],
+        "fds_stable": not any(k.startswith("fds") for k in grew),
+        "threads_stable": not any(k.startswith("threads") for k in grew),
+        "ok": not failed,
+        "failed": failed,
         "series": [
-            {"iteration": s["iteration"], "rss_mib": {k: v[0] / 2**20 for k, v in s["processes"].items()}}
+            {
+                "iteration": s["iteration"],
+                "rss_mib": {k: v[0] / 2**20 for k, v in s["processes"].items()},
+                "fds": {k: v[1] for k, v in s["processes"].items()},
+                "threads": {k: v[2] for k, v in s["processes"].items()},
+            }
             for s in samples
         ],
     }
