@@ -115,6 +115,11 @@ class ActorConfig(Config):
             raise ConfigError(f"{{section}}micro_batch_size={self.micro_batch_size} must be >= 1 (or null)")
 
 
+# more slots (GPUs, or CPUs without GPUs) than a cluster this runs on has: one worker per slot of a slot set
+# means that a slot count is a count of processes, and slot sets are expanded to lists
+MAX_SLOTS = 1 << 16
+
+
 @dataclass(frozen=True)
 class ClusterConfig(Config):
     """Where the workers run: the Ray cluster and which resource slots each component uses."""
@@ -123,9 +128,14 @@ class ClusterConfig(Config):
         None,
         help="Ray address of an existing cluster (e.g. 10.0.0.1:6379 or auto); null: start Ray in-process",
     )
-    num_cpus: int | None = param(None, help="CPUs of an in-process Ray; null: all of this machine's", ge=1)
+    num_cpus: int | None = param(
+        None, help="CPUs of an in-process Ray; null: all of this machine's", ge=1, le=MAX_SLOTS
+    )
     num_slots: int | None = param(
-        None, help="resource slots: null = the GPUs, or the CPUs on a machine without GPUs", ge=1
+        None,
+        help="resource slots: null = the GPUs, or the CPUs on a machine without GPUs",
+        ge=1,
+        le=MAX_SLOTS,
     )
     component_placement: dict[str, str | int] | None = param(
         factory=lambda: {"env": "all", "rollout": "all", "actor": "all"},

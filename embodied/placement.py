@@ -27,31 +27,39 @@ def parse_slots(spec: str | int, num_slots: int, component: str) -> tuple[int, .
     key = f"cluster.component_placement.{component}"
     text = str(spec).strip()
     if text == "all":
-        slots = list(range(num_slots))
-    else:
-        slots = []
-        for part in text.split(","):
-            match = _RANGE.match(part)
-            if match:
-                lo, hi = int(match.group(1)), int(match.group(2))
-                if hi < lo:
-                    raise ConfigError(f"{key}={spec!r}: range {part.strip()} runs backwards; write {hi}-{lo}")
-                slots.extend(range(lo, hi + 1))
-            elif part.strip().isdigit():
+        return tuple(range(num_slots))
+    # beyond: the slots named that the cluster lacks; a range past the end is cut before it is expanded, so that
+    # e.g. '0-999999999' costs no memory
+    slots, beyond = [], []
+    for part in text.split(","):
+        match = _RANGE.match(part)
+        if match:
+            lo, hi = int(match.group(1)), int(match.group(2))
+            if hi < lo:
+                raise ConfigError(f"{key}={spec!r}: range {part.strip()} runs backwards; write {hi}-{lo}")
+            if hi >= num_slots:
+                first = max(lo, num_slots)
+                beyond += [str(s) for s in range(first, hi + 1)] if hi - first < 8 else [f"{first}-{hi}"]
+                hi = num_slots - 1
+            slots.extend(range(lo, hi + 1))
+        elif part.strip().isdigit():
+            if int(part) < num_slots:
                 slots.append(int(part))
             else:
-                raise ConfigError(
-                    f"{key}={spec!r} is not a slot set; write 'all', a range '0-3', a list '0,2' or one slot '1'"
-                )
-    if len(set(slots)) != len(slots):
-        raise ConfigError(f"{key}={spec!r} names a slot twice; write each slot once, e.g. '0,1' or '0-3'")
-    beyond = [s for s in slots if s >= num_slots]
+                beyond.append(part.strip())
+        else:
+            raise ConfigError(
+                f"{key}={spec!r} is not a slot set; write 'all', a range '0-3', a list '0,2' or one slot '1'"
+            )
     if beyond:
+        plural = len(beyond) > 1 or "-" in beyond[0]
         raise ConfigError(
-            f"{key}={spec!r} asks for slot{'s' if len(beyond) > 1 else ''} {', '.join(map(str, beyond))} but the "
+            f"{key}={spec!r} asks for slot{'s' if plural else ''} {', '.join(beyond)} but the "
             f"cluster has {num_slots} slot{'s' if num_slots != 1 else ''} (0-{num_slots - 1}); use slots that "
             "exist, or raise cluster.num_slots on a machine without GPUs"
         )
+    if len(set(slots)) != len(slots):
+        raise ConfigError(f"{key}={spec!r} names a slot twice; write each slot once, e.g. '0,1' or '0-3'")
     return tuple(sorted(slots))
 
 

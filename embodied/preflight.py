@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from algorithms.schema import Config, ConfigError
-from embodied.config import COMPONENTS, TrainConfig
+from embodied.config import COMPONENTS, MAX_SLOTS, TrainConfig
 from embodied.placement import Placement, count_slots, parse_slots, resolve_placement
 from embodied.routing import plan_for_placement
 
@@ -94,7 +94,7 @@ def check_slots(config: TrainConfig, components: tuple[str, ...] = COMPONENTS) -
         return None
     if cluster.address is not None:
         for component in components:
-            parse_slots(cluster.component_placement[component], 1 << 20, component)
+            parse_slots(cluster.component_placement[component], MAX_SLOTS, component)
         return None
     num_slots = count_slots(cluster, _visible_gpus(), cluster.num_cpus or os.cpu_count() or 1)
     return resolve_placement(cluster, num_slots, components)

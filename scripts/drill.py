@@ -148,6 +148,7 @@ def run_fuzz(args) -> list[dict]:
             problems.append(detail)
 
     started = time.monotonic()
+    _bound_memory(4 << 30)
     campaign()
     cli = _fuzz_command_lines(args.examples // 20, st, settings, given, HealthCheck)
     result = {
@@ -160,6 +161,19 @@ def run_fuzz(args) -> list[dict]:
         "failed": problems[:5] + cli["problems"][:5],
     }
     return [record(args.out, "fuzz", result, started, None)]
+
+
+def _bound_memory(extra: int) -> None:
+    """Cap this process's address space at its present size + `extra` bytes: a generated config that makes
+    validation allocate without bound (cluster.num_cpus=2**31 once built a list of 2**31 slots) then raises
+    MemoryError, which the campaign records as a crash, instead of the machine's OOM killer ending the
+    campaign (or another process)."""
+    import resource
+
+    import psutil
+
+    limit = psutil.Process().memory_info().vms + extra
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
 def _fuzz_command_lines(examples: int, st, settings, given, HealthCheck) -> dict:

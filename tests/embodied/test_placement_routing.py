@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from algorithms.schema import ConfigError
-from embodied.config import ClusterConfig
+from embodied.config import MAX_SLOTS, ClusterConfig
 from embodied.placement import parse_slots, resolve_placement, slot_cores
 from embodied.routing import BatchPiece, plan_rollout
 
@@ -130,3 +130,20 @@ def test_plans_that_do_not_divide_name_the_keys(kwargs, message):
     )
     with pytest.raises(ConfigError, match=message):
         plan_rollout(**args)
+
+
+def test_slot_sets_far_past_the_cluster_are_refused_without_expanding_them():
+    # the config fuzz campaign found '0-<huge>' and 'all' on a huge slot count building lists until the OOM killer
+    # ended it; now a range is cut at the cluster's end and the slot counts are bounded
+    with pytest.raises(ConfigError, match=r"asks for slots 2-999999999999 but the cluster has 2 slots"):
+        parse_slots("0-999999999999", 2, "env")
+    with pytest.raises(ConfigError, match=r"asks for slots 3, 10-99999999999 but the cluster has 3 slots"):
+        parse_slots("1,3,10-99999999999", 3, "env")
+    with pytest.raises(ConfigError, match=r"asks for slot 7 but the cluster has 2 slots"):
+        parse_slots("7", 2, "env")
+    for key in ("num_cpus", "num_slots"):
+        with pytest.raises(
+            ConfigError, match=rf"cluster.{key}=1000000000000 is out of range; it must be <= 65536"
+        ):
+            ClusterConfig.from_dict({key: 10**12}, "cluster")
+    assert ClusterConfig.from_dict({"num_cpus": MAX_SLOTS}).num_cpus == MAX_SLOTS
