@@ -69,6 +69,9 @@ def run_kill(args) -> list[dict]:
     rng, references, results = random.Random(args.seed), {}, []
     for i in range(args.trials):
         target, moment = rng.choice(trials.TARGETS), rng.choice(trials.MOMENTS)
+        seed = rng.randrange(2**31)
+        if args.only and i not in args.only:  # the same draws as the full campaign: rerun trial i alone
+            continue
         with measurement_lock(args.lock) as load:
             started = time.monotonic()
             try:
@@ -76,7 +79,7 @@ def run_kill(args) -> list[dict]:
                     trial_dir(args.out, f"kill-{i:02d}"),
                     target,
                     moment,
-                    rng.randrange(2**31),
+                    seed,
                     references=references,
                 )
             except Exception as exc:  # noqa: BLE001 - a drill that breaks is a finding, recorded
@@ -212,6 +215,12 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=1000, help="soak iterations")
     parser.add_argument("--examples", type=int, default=20000, help="generated configs (command lines: 1/20)")
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument(
+        "--only",
+        type=lambda t: {int(i) for i in t.split(",")},
+        default=None,
+        help="kill: run only these trials (e.g. 12,13), with the draws they have in the full campaign",
+    )
     # absolute: the drills compare the paths a run prints with the run folder they expect
     parser.add_argument("--out", type=lambda p: Path(p).resolve(), default=REPO / "runs" / "drills")
     parser.add_argument(
