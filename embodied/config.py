@@ -94,6 +94,13 @@ class ActorConfig(Config):
     target_kl: float | None = param(
         0.1, help="stop the update epochs of an iteration once approx_kl exceeds this; null: never", gt=0
     )
+    critic_warmup_iterations: int = param(
+        0,
+        help="the run's first N updates train the value head only (the policy's weights stay as they are), so "
+        "that PPO's first policy steps use advantages of a critic fitted to the starting policy: for RL from a "
+        "supervised (SFT) checkpoint, whose value head starts untrained; 0: off",
+        ge=0,
+    )
     bootstrap_on_termination: bool = param(
         False,
         help="bootstrap terminated episodes from their final observation's value, like truncated ones "

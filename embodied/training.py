@@ -150,13 +150,21 @@ def minibatch_step(
     algorithm: AlgorithmConfig,
     comm: Collectives,
     guard: NonFiniteGuard | None = None,
+    critic_only: bool = False,
 ) -> tuple[dict[str, float], bool]:
     """Forward/backward over the micro-batches of one mini-batch, then one optimizer step.
 
     Returns the mini-batch's metrics and whether it was applied (False: approx_kl exceeded target_kl, so
     the gradients were dropped and the update should stop). `guard` checks the loss and the gradients for
     NaN/inf (embodied.nonfinite): it raises, or drops the step and marks the metrics `nonfinite_skipped`.
+    `critic_only` (actor.critic_warmup_iterations): the step applies the value head's gradients only; the other
+    parameters' gradients are dropped before clipping, so they neither move nor enter the optimizer's state.
     """
+    if critic_only and minibatch.returns is None:
+        raise ValueError(
+            "actor.critic_warmup_iterations > 0 trains the value head, but this run has no critic (a "
+            "critic-free advantage or policy): set actor.critic_warmup_iterations=0"
+        )
     size = len(minibatch)
     micro = actor.micro_batch_size or size
     parts = [minibatch.select(torch.arange(i, min(i + micro, size))) for i in range(0, size, micro)]
@@ -185,6 +193,11 @@ def minibatch_step(
         return dict(sums), False
     if faults.due("actor.grad"):
         next(p for p in policy.parameters() if p.grad is not None).grad.fill_(float("nan"))
+    if critic_only:
+        for group in optimizer.param_groups:
+            if group.get("name") != "value":
+                for p in group["params"]:
+                    p.grad = None
     if guard is not None and not guard.update_is_finite(policy, comm):
         optimizer.zero_grad(set_to_none=True)
         return dict(sums) | {"nonfinite_skipped": 1.0}, True
@@ -201,11 +214,13 @@ def ppo_update(
     generator: torch.Generator,
     comm: Collectives | None = None,
     guard: NonFiniteGuard | None = None,
+    critic_only: bool = False,
 ) -> dict[str, float]:
     """`actor.update_epochs` passes over `batch` in `actor.num_minibatches` shuffled mini-batches.
 
     Returns metrics named `train/actor/*` and `train/critic/*`, averaged over the applied mini-batches;
     `train/actor/nonfinite_skipped` counts the mini-batches `guard` dropped (run.on_nonfinite=skip).
+    `critic_only`: a critic warm-up update (only the value head moves; `train/critic/warmup` is 1).
     """
     comm = comm or Collectives()
     n = len(batch)
@@ -224,7 +239,9 @@ def ppo_update(
             if guard is not None:
                 guard.position = f"update epoch {epoch + 1}, mini-batch {m + 1}"
             minibatch = batch.select(order[m * size : (m + 1) * size])
-            metrics, ok = minibatch_step(policy, optimizer, minibatch, actor, algorithm, comm, guard)
+            metrics, ok = minibatch_step(
+                policy, optimizer, minibatch, actor, algorithm, comm, guard, critic_only
+            )
             if not ok:
                 stopped = True
                 totals["approx_kl_at_stop"] = metrics["approx_kl"]
@@ -244,6 +261,7 @@ def ppo_update(
     out["train/actor/minibatch_steps"] = float(applied)
     out["train/actor/early_stopped"] = float(stopped)
     out["train/actor/nonfinite_skipped"] = float(skipped)
+    out["train/critic/warmup"] = float(critic_only)
     for group in optimizer.param_groups:
         out[f"train/{'critic' if group.get('name') == 'value' else 'actor'}/lr"] = group["lr"]
     return out

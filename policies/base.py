@@ -100,6 +100,12 @@ class Policy(nn.Module, abc.ABC):
             "openvla, openvla_oft and pi0"
         )
 
+    def fit_state_normalization(self, states: torch.Tensor) -> bool:
+        """Supervised fine-tuning hands the states of its training frames [N, D] to the policy before the first
+        step: a policy that standardises its inputs takes their statistics (kept in its weights) and returns
+        True; by default nothing happens (False)."""
+        return False
+
     @classmethod
     def from_config(cls, config: PolicyConfig, env_spec: EnvSpec) -> Policy:
         """Build the policy; load `config.pretrained` when set. VLA policies override this to read the

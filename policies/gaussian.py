@@ -6,6 +6,10 @@ state-independent learned log-std, as in the PPO baselines of CleanRL and ManiSk
 log-probability is that of the unclipped sample, which `forward_inputs["actions"]` keeps for `evaluate`.
 
 - `mlp`: states -> MLP -> action mean; a separate MLP critic (`value_head`) of the same shape.
+- `normalize_states` (both): the states are standardised, (s - mean) / std clipped to +-10, with a mean and std
+  held as buffers of the model (so they travel with its weights to the rollout workers, into checkpoints and
+  into an RL run that starts from one). They are the identity until supervised fine-tuning sets them from its
+  training demos (`fit_state_normalization`); RL never changes them.
 - `cnn`: main_images (and wrist_images when the env has them, stacked as channels) -> a NatureCNN-style encoder
   whose width is `channels`; states -> a linear encoder; the concatenated features feed an action head and
   the critic (`value_head`). Images travel as uint8 in `forward_inputs` (4x smaller than float).
@@ -28,6 +32,10 @@ from policies.supervised import action_mse
 
 Activation = Literal["tanh", "relu"]
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+# standardised states: a dim the demos hardly vary is divided by at least this (not blown up when RL moves it),
+# and every standardised value is clipped to +-STATE_CLIP
+MIN_STATE_STD = 1e-2
+STATE_CLIP = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,11 @@ class MLPPolicyConfig(PolicyConfig):
     activation: Activation = param("tanh", help="hidden activation: tanh | relu")
     init_log_std: float = param(-0.5, help="initial log standard deviation of the actions", ge=-5.0, le=2.0)
     action_chunk: int = param(1, help="actions per prediction (C); the env executes them as one chunk", ge=1)
+    normalize_states: bool = param(
+        False,
+        help="standardise the states with the mean/std of the SFT demos (saved with the weights; identity "
+        "without SFT); the RL config that loads such a checkpoint must set it too",
+    )
 
     def check(self) -> None:
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
@@ -60,6 +73,11 @@ class CNNPolicyConfig(PolicyConfig):
     use_states: bool = param(True, help="feed the states vector next to the images")
     init_log_std: float = param(-0.5, help="initial log standard deviation of the actions", ge=-5.0, le=2.0)
     action_chunk: int = param(1, help="actions per prediction (C); the env executes them as one chunk", ge=1)
+    normalize_states: bool = param(
+        False,
+        help="standardise the states with the mean/std of the SFT demos (saved with the weights; identity "
+        "without SFT); the RL config that loads such a checkpoint must set it too",
+    )
 
     def check(self) -> None:
         if min(self.channels) < 1:
@@ -92,6 +110,27 @@ class GaussianPolicy(Policy):
         self.log_std = nn.Parameter(torch.full((action_chunk, env_spec.action_dim), float(init_log_std)))
         self.register_buffer("action_low", torch.tensor(env_spec.action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.tensor(env_spec.action_high, dtype=torch.float32))
+        if self.config.normalize_states:  # the identity until fit_state_normalization
+            self.register_buffer("state_mean", torch.zeros(env_spec.state_dim))
+            self.register_buffer("state_std", torch.ones(env_spec.state_dim))
+
+    def normalized_states(self, states: torch.Tensor) -> torch.Tensor:
+        """The states as the networks read them: float32, standardised when `normalize_states` is on."""
+        states = states.to(torch.float32)
+        if not self.config.normalize_states:
+            return states
+        return ((states - self.state_mean) / self.state_std).clamp(-STATE_CLIP, STATE_CLIP)
+
+    @torch.no_grad()
+    def fit_state_normalization(self, states: torch.Tensor) -> bool:
+        """Set the standardisation to the mean and std (at least MIN_STATE_STD) of `states` [N, D], the
+        training frames of the demos; False (nothing done) when `normalize_states` is off."""
+        if not self.config.normalize_states:
+            return False
+        states = states.to(torch.float64)
+        self.state_mean.copy_(states.mean(0).to(self.state_mean))
+        self.state_std.copy_(states.std(0, unbiased=False).clamp_min(MIN_STATE_STD).to(self.state_std))
+        return True
 
     @property
     def device(self) -> torch.device:
@@ -168,7 +207,7 @@ class MLPPolicy(GaussianPolicy):
         return {"states": obs["states"].to(self.device, torch.float32)}
 
     def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return inputs["states"].to(torch.float32)
+        return self.normalized_states(inputs["states"])
 
 
 class ImageEncoder(nn.Module):
@@ -232,5 +271,5 @@ class CNNPolicy(GaussianPolicy):
     def features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = [self.image_encoder(inputs["images"])]
         if self.config.use_states:
-            parts.append(self.state_encoder(inputs["states"].to(torch.float32)))
+            parts.append(self.state_encoder(self.normalized_states(inputs["states"])))
         return torch.cat(parts, dim=-1)

@@ -145,6 +145,7 @@ class ActorWorker(Worker):
             self.generator,
             self.comm,
             guard,
+            critic_only=self.version < self.actor.critic_warmup_iterations,  # the run's first updates
         )
         self.batch = None
         self.version += 1

@@ -40,6 +40,7 @@ class SupervisedActorWorker(ActorWorker):
     demos: DemoBatches | None = None
     untrained: tuple[str, ...] = ()
     steps_done = 0
+    state_normalization = False  # the policy standardises its states with the training demos' statistics
 
     def open_demos(self, sft: SupervisedSection, path: str) -> dict[str, int]:
         """Open the dataset at `path`, split it by episode; returns the split's sizes (all ranks together)."""
@@ -57,6 +58,11 @@ class SupervisedActorWorker(ActorWorker):
             sft.num_episodes,
         )
         self._onload()
+        # a policy that standardises its states takes the training frames' statistics (not when it starts from a
+        # pretrained checkpoint, whose weights were trained with that checkpoint's statistics)
+        if not self.policy_config.pretrained:
+            states = torch.from_numpy(self.demos.dataset.states[self.demos.train_frames])
+            self.state_normalization = self.policy.fit_state_normalization(states)
         self.untrained = self._modules_without_gradients()
         self.optimizer = build_optimizer(self.policy, self.actor, skip=self.untrained)
         self._offload()
@@ -147,7 +153,12 @@ class SupervisedActorWorker(ActorWorker):
         if self.info.rank == 0:
             record_supervised(
                 folder / "policy",
-                {"demos": self.sft.demos, "steps": self.steps_done, "untrained": self.untrained_modules()},
+                {
+                    "demos": self.sft.demos,
+                    "steps": self.steps_done,
+                    "untrained": self.untrained_modules(),
+                    "state_normalization": self.state_normalization,
+                },
             )
 
     def load_checkpoint(self, directory: str) -> int:

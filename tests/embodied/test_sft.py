@@ -36,7 +36,13 @@ RL_CONFIG = {
     "run": {"name": "ct_ppo", "total_env_steps": 64},
     "cluster": {"component_placement": {"env": "0", "rollout": "0", "actor": "all"}},  # two actor ranks
     "env": {"num_envs": 4, **RING},
-    "policy": {"channels": [8, 8, 8], "feature_dim": 32, "head_hidden": 32, "init_log_std": -1.0},
+    "policy": {
+        "channels": [8, 8, 8],
+        "feature_dim": 32,
+        "head_hidden": 32,
+        "init_log_std": -1.0,
+        "normalize_states": True,  # SFT sets the statistics from its training demos; the checkpoint carries them
+    },
     "rollout": {"num_steps": 8},
     "actor": {"num_minibatches": 2, "update_epochs": 1},
     "eval": {"every_n_iterations": 0, "at_end": False, "num_episodes": 8},
@@ -92,6 +98,7 @@ def test_sft_lowers_the_validation_loss_and_its_checkpoint_is_the_rl_policy(setu
     checkpoint = run_dir / "checkpoints" / "iter_000003"
     record = supervised_record(checkpoint / "policy")
     assert record["steps"] == 60 and record["untrained"] == ["log_std", "value_head"]
+    assert record["state_normalization"] is True
     note = supervised_note(checkpoint / "policy")  # what an RL run starting there prints
     assert "start untrained here: log_std, value_head" in note
 
@@ -108,6 +115,10 @@ def test_sft_lowers_the_validation_loss_and_its_checkpoint_is_the_rl_policy(setu
         rl_policy.predict(obs, mode="eval").actions, sft_policy.predict(obs, mode="eval").actions
     )
     batches = DemoBatches(open_demos(demos), rl_policy.action_horizon, 0.25, config.run.seed)
+    # the state standardisation is that of the training frames (both ranks fitted the same), now the RL policy's
+    train_states = torch.from_numpy(batches.dataset.states[batches.train_frames]).double()
+    torch.testing.assert_close(rl_policy.state_mean, train_states.mean(0).float())
+    assert not torch.equal(rl_policy.state_std, torch.ones_like(rl_policy.state_std))
     losses = [(rl_policy.supervised_loss(b)[0].item(), len(b["actions"])) for b in batches.val_batches(16)]
     recomputed = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
     assert recomputed == pytest.approx(val[60], rel=1e-4)

@@ -172,6 +172,41 @@ def test_update_makes_positive_advantage_actions_likelier_and_reports_metrics():
     assert metrics["train/actor/minibatch_steps"] == 8.0 and metrics["train/critic/lr"] == 1e-3
 
 
+def test_critic_warmup_moves_the_value_head_only():
+    """actor.critic_warmup_iterations: an update with critic_only trains the value head to the returns while the
+    action mean and log_std stay bit for bit (their gradients never reach the optimizer, so it keeps no state
+    for them); the next, normal update moves the policy."""
+    actor = ActorConfig(target_kl=None, update_epochs=4, num_minibatches=2, lr=1e-2, value_lr=1e-2)
+    policy, optimizer = policy_and_optimizer(actor)
+    batch = random_batch(64)
+    batch.returns = batch.forward_inputs["states"][:, 0]  # returns the critic can fit
+    with torch.no_grad():
+        batch.old_logprobs = policy.evaluate(batch.forward_inputs).logprobs
+        value_error = (policy.evaluate(batch.forward_inputs).values - batch.returns).pow(2).mean()
+    others = {n: p.detach().clone() for n, p in policy.named_parameters() if not n.startswith("value_head.")}
+    metrics = ppo_update(
+        policy, optimizer, batch, actor, AlgorithmConfig(), torch.Generator().manual_seed(0), critic_only=True
+    )
+    assert metrics["train/critic/warmup"] == 1.0 and metrics["train/actor/minibatch_steps"] == 8.0
+    assert all(torch.equal(p, others[n]) for n, p in policy.named_parameters() if n in others)
+    assert not any(p in optimizer.state for n, p in policy.named_parameters() if n in others)
+    assert all(optimizer.state[p] for p in policy.value_head.parameters())
+    with torch.no_grad():
+        assert (policy.evaluate(batch.forward_inputs).values - batch.returns).pow(2).mean() < 0.8 * value_error
+    metrics = ppo_update(policy, optimizer, batch, actor, AlgorithmConfig(), torch.Generator().manual_seed(1))
+    assert metrics["train/critic/warmup"] == 0.0
+    assert not torch.equal(policy.log_std, others["log_std"])
+
+
+def test_critic_warmup_without_a_critic_names_the_key():
+    actor = ActorConfig(critic_warmup_iterations=2)
+    policy, optimizer = policy_and_optimizer(actor)
+    batch = random_batch(32)
+    batch.returns = batch.old_values = None  # a critic-free advantage
+    with pytest.raises(ValueError, match="actor.critic_warmup_iterations=0"):
+        ppo_update(policy, optimizer, batch, actor, AlgorithmConfig(), torch.Generator(), critic_only=True)
+
+
 def test_too_few_samples_for_the_minibatches():
     actor = ActorConfig(num_minibatches=64)
     policy, optimizer = policy_and_optimizer(actor)

@@ -95,6 +95,46 @@ def test_save_and_load_roundtrip(tmp_path):
     torch.testing.assert_close(other.predict(obs, "eval").actions, policy.predict(obs, "eval").actions)
 
 
+def test_state_normalization_takes_the_demos_statistics_and_travels_with_the_weights(tmp_path):
+    from policies.gaussian import MIN_STATE_STD, STATE_CLIP
+
+    g = torch.Generator().manual_seed(0)
+    demos = torch.randn(500, 5, generator=g) * torch.tensor([1.0, 0.1, 5.0, 0.0, 2.0]) + 3.0  # dim 3 constant
+    policy = build("mlp", state_spec(), hidden_sizes=[16, 16], normalize_states=True)
+    obs = {"states": torch.randn(4, 5, generator=g)}
+    torch.testing.assert_close(policy.features(obs), obs["states"])  # the identity before SFT fits it
+    assert policy.fit_state_normalization(demos)
+    torch.testing.assert_close(policy.state_mean, demos.mean(0))
+    expected_std = demos.std(0, unbiased=False).clamp_min(MIN_STATE_STD)
+    torch.testing.assert_close(policy.state_std, expected_std)
+    assert policy.state_std[3] == pytest.approx(MIN_STATE_STD)
+    standardised = policy.features({"states": demos})
+    torch.testing.assert_close(standardised[:, [0, 1, 2, 4]].mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardised[:, [0, 1, 2, 4]].std(0, unbiased=False), torch.ones(4))
+    far = policy.features({"states": torch.full((1, 5), 1e4)})
+    assert far.max() == STATE_CLIP  # far outside the demos: clipped
+    # the statistics are buffers of the weights: a policy loaded from them (an RL run's policy.pretrained) acts
+    # the same; one without them does not
+    policy.save_pretrained(tmp_path)
+    saved, spec = read_saved_config(tmp_path)
+    loaded = make_policy(PolicyConfig.from_dict({**saved, "pretrained": str(tmp_path)}, path="policy"), spec)
+    torch.testing.assert_close(loaded.state_std, policy.state_std)
+    torch.testing.assert_close(loaded.predict(obs, "eval").actions, policy.predict(obs, "eval").actions)
+    plain = build("mlp", state_spec(), hidden_sizes=[16, 16])
+    plain.load_state_dict({k: v for k, v in policy.state_dict().items() if not k.startswith("state_")})
+    assert not torch.allclose(plain.predict(obs, "eval").actions, policy.predict(obs, "eval").actions)
+
+
+def test_without_normalize_states_the_states_are_read_as_they_are():
+    policy = build("mlp", state_spec())
+    assert not policy.fit_state_normalization(torch.randn(10, 5) * 3 + 1)
+    assert not any(k.startswith("state_") for k in policy.state_dict())
+    states = torch.randn(3, 5)
+    torch.testing.assert_close(policy.features({"states": states}), states)
+    cnn = build("cnn", image_spec(), channels=[8, 8, 8], feature_dim=16, head_hidden=16, normalize_states=True)
+    assert cnn.fit_state_normalization(torch.randn(10, 6) * 3 + 1) and cnn.state_std.shape == (6,)
+
+
 def test_cnn_refuses_an_env_without_images():
     with pytest.raises(ValueError, match="needs image observations"):
         build("cnn", state_spec())
