@@ -151,7 +151,10 @@ class Cluster:
                 self._rendezvous_dir = tempfile.mkdtemp(prefix="inflow-rendezvous-")
             with _local_only(self._rendezvous_dir) if local else nullcontext():
                 ray.init(**kwargs)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its raylet starts too slowly
+            startup = (ConnectionError, RuntimeError, ValueError, TimeoutError)
+            if not isinstance(exc, startup) and "timed out during startup" not in str(exc):
+                raise
             if config.address:
                 hint = "Is `ray start --head` running there, with the same Ray and Python versions as here?"
                 raise ClusterError(
