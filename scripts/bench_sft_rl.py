@@ -125,6 +125,9 @@ def main() -> int:
         "--demos", type=Path, help="use this dataset instead of collecting (its time not counted)"
     )
     parser.add_argument("--num-episodes", type=int, help="demos to collect (default: the row's)")
+    parser.add_argument(
+        "--speed", type=float, help="collect_demos.py --speed: the planner's joint speed (default: ManiSkill's)"
+    )
     parser.add_argument("--budget-min", type=float, default=15.0, help="minutes for the whole pipeline")
     parser.add_argument("--min-rl-min", type=float, default=2.0, help="the RL stage gets at least this")
     parser.add_argument("--sft", nargs="*", default=[], help="more key=value overrides of the SFT run")
@@ -142,6 +145,8 @@ def main() -> int:
         collect = [PY, "scripts/collect_demos.py", *row.collect, "--out", str(demos)]
         if args.num_episodes is not None:
             collect += ["--num-episodes", str(args.num_episodes)]
+        if args.speed is not None:
+            collect += ["--speed", str(args.speed)]
         result["commands"]["collect"] = shlex.join(collect)
         result["seconds"]["collect"] = run_stage("collect", collect, out / "collect.log")
 
