@@ -160,11 +160,6 @@ def minibatch_step(
     `critic_only` (actor.critic_warmup_iterations): the step applies the value head's gradients only; the other
     parameters' gradients are dropped before clipping, so they neither move nor enter the optimizer's state.
     """
-    if critic_only and minibatch.returns is None:
-        raise ValueError(
-            "actor.critic_warmup_iterations > 0 trains the value head, but this run has no critic (a "
-            "critic-free advantage or policy): set actor.critic_warmup_iterations=0"
-        )
     size = len(minibatch)
     micro = actor.micro_batch_size or size
     parts = [minibatch.select(torch.arange(i, min(i + micro, size))) for i in range(0, size, micro)]
@@ -222,6 +217,11 @@ def ppo_update(
     `train/actor/nonfinite_skipped` counts the mini-batches `guard` dropped (run.on_nonfinite=skip).
     `critic_only`: a critic warm-up update (only the value head moves; `train/critic/warmup` is 1).
     """
+    if critic_only and batch.returns is None:
+        raise ValueError(
+            "actor.critic_warmup_iterations > 0 trains the value head, but this run has no critic (a "
+            "critic-free advantage or policy): set actor.critic_warmup_iterations=0"
+        )
     comm = comm or Collectives()
     n = len(batch)
     if n < actor.num_minibatches:
