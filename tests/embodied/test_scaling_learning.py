@@ -1,7 +1,8 @@
 """PPO with online scaling learns ManiSkill PushCube-v1 (state) to the default config's threshold: the default
 config (cluster=hybrid, 16 envs x 100 steps) with `cluster.online_scaling=true`, which stops once the
 periodic deterministic evaluation (64 episodes) reaches 0.95 success_once. Without scaling the same config
-reached 0.94 at 72k and 0.95 at 80k env steps (docs/benchmarks.md); the budget here is 128k."""
+(log std -0.75) reached 0.95 at 112k env steps with seed 0 in bench_learning (docs/benchmarks.md); the budget
+here is 160k."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_online_scaling_learns_pushcube_to_the_default_threshold(tmp_path):
         "maniskill_ppo_pushcube",
         [
             "cluster.online_scaling=true",
-            "run.total_env_steps=128000",
+            "run.total_env_steps=160000",
             "checkpoint.every_n_iterations=0",
             "checkpoint.at_end=false",
             "eval.video=false",
