@@ -96,6 +96,6 @@ def trained(request):
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_ppo_teaches_the_tiny_vla_to_find_the_named_colour(name, trained):
     result = trained[name].result()
-    print(f"{name} colour_targets success_once (deterministic eval, 64 episodes): {result}")
-    assert result["after"] >= CHECKS[name][3], result
+    *_, lowest = CHECKS[name]
+    assert result["after"] >= lowest, result
     assert result["after"] >= result["blank_images"] + 0.25, result  # blind: at most ~0.5
