@@ -6,15 +6,19 @@ Pure Python (no Ray, no torch), so it is tested on synthetic profiles. `embodied
 One iteration is three phases that follow each other (the runtime is synchronous):
 
     rollout   T chunk steps; every env worker steps its `pipeline_stages` units, every rollout worker infers
-              the units it serves. Per chunk step the envs of a unit take `te` (simulation) and its inference
-              `ti`, and the two messages between them `o`; the step takes
+              the units it serves. Per chunk step the envs of a unit take `te` (simulation), its inference
+              `ti`, and the two messages between them `o`; te is measured twice, on a compute unit that
+              also runs a rollout worker (they contend for it) and on one where no rollout worker runs; the
+              step takes
                   cycle = max(busiest compute unit's load,  te + ti + o)
               where a compute unit is a GPU, or on a CPU-only machine a core: workers whose slots share a core
-              take turns on it, so their loads add up (an env worker and a rollout worker on the same core
-              cannot overlap their compute, however many pipeline stages), and workers on different cores
-              overlap. te + ti + o is one unit's round trip, which no pipelining hides; the messages are
-              latency (mostly waiting for the other process to be scheduled), not load, so while one unit's
-              message travels the core works on another unit: more stages hide it.
+              take turns on it, so their loads add up, and workers on different cores overlap. The messages
+              are load, not only latency: a unit whose env and rollout worker share a compute unit charges
+              its `o` (measured in the collocated profiling placement: Ray's calls, the processes' wake-ups
+              and the contention of the two on one core) to that unit, so more pipeline stages there cost
+              more; a unit whose two workers are apart charges the `o` measured that way (a profiling
+              placement with env and rollout on different slots) half to each side. te + ti + o is one
+              unit's round trip, which no pipelining hides.
                   rollout = T * cycle + epoch overhead (resets, trajectories to the actor, advantages)
     train     update_epochs x num_minibatches optimizer steps; with A actor ranks each computes B/A of the
               B = num_envs x T samples:
@@ -86,14 +90,16 @@ class MemoryProfile:
 class Profile:
     """Measured costs, in seconds, each on one slot (one core, or one GPU)."""
 
-    env_per_env: float  # one chunk step of one env
+    env_per_env: float  # one chunk step of one env, on a compute unit that also runs a rollout worker
     infer: dict[int, float]  # batch size -> one `predict` call
     train_per_sample: dict[int, float]  # actor ranks -> forward + backward of one sample, per rank
     optimizer_step: dict[int, float]  # actor ranks -> one optimizer step (and the gradient reduction)
     weight_sync: dict[int, float]  # actor ranks -> gather + load into the rollout workers
-    unit_overhead: float = (
-        0.0  # per unit and chunk step: the messages' latency between env and rollout worker
-    )
+    # per unit and chunk step, the messages with env and rollout worker on one compute unit, and on two
+    # (None: as on one)
+    unit_overhead: float = 0.0
+    apart_overhead: float | None = None
+    env_per_env_apart: float | None = None  # env_per_env where no rollout worker runs (None: env_per_env)
     epoch_overhead: float = 0.0  # per rollout epoch: resets, trajectories to the actor, advantages
     memory: MemoryProfile = field(default_factory=MemoryProfile)
 
@@ -230,19 +236,26 @@ def _compute_unit(slot: int, num_slots: int, machine: Machine) -> int:
 
 
 def rollout_seconds(c: Candidate, w: Workload, p: Profile, machine: Machine) -> float:
-    """T chunk steps of the pipelined rollout plus the epoch overhead (see the module docstring)."""
+    """T chunk steps of the pipelined rollout plus the epoch overhead (see the module docstring). Unit u is
+    stepped by env worker u // stages and inferred by rollout worker u * rollout workers // units, the
+    runtime's routing (`embodied.routing.plan_rollout`)."""
     units = len(c.env) * c.pipeline_stages
     n = w.num_envs // units
-    te = n * p.env_per_env
     ti = p.infer_seconds(n)
+    apart = p.unit_overhead if p.apart_overhead is None else p.apart_overhead
+    inferring = {_compute_unit(s, c.num_slots, machine) for s in c.rollout}
     load: dict[int, float] = {}
-    for slot in c.env:
-        unit = _compute_unit(slot, c.num_slots, machine)
-        load[unit] = load.get(unit, 0.0) + c.pipeline_stages * te
-    for slot in c.rollout:
-        unit = _compute_unit(slot, c.num_slots, machine)
-        load[unit] = load.get(unit, 0.0) + units / len(c.rollout) * ti
-    cycle = max(max(load.values()), te + ti + p.unit_overhead)
+    round_trip = 0.0
+    for u in range(units):
+        env_unit = _compute_unit(c.env[u // c.pipeline_stages], c.num_slots, machine)
+        rollout_unit = _compute_unit(c.rollout[u * len(c.rollout) // units], c.num_slots, machine)
+        alone = env_unit not in inferring and p.env_per_env_apart is not None
+        te = n * (p.env_per_env_apart if alone else p.env_per_env)
+        messages = p.unit_overhead if env_unit == rollout_unit else apart
+        load[env_unit] = load.get(env_unit, 0.0) + te + messages / 2
+        load[rollout_unit] = load.get(rollout_unit, 0.0) + ti + messages / 2
+        round_trip = max(round_trip, te + ti + messages)
+    cycle = max(max(load.values()), round_trip)
     return w.num_steps * cycle + p.epoch_overhead
 
 

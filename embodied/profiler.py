@@ -7,9 +7,10 @@ It starts the run's own env, rollout and actor workers in the collocated placeme
 rank, or everything on one slot) and measures, in a bounded number of steps:
 
 1. rollout: a warm-up epoch, then epochs of k1 < k2 <= 12 chunk steps, twice in turns (of T steps when
-   T <= 2). The env workers' simulation seconds give the **env step time per env**; the wall time, set
-   against the cost model's cycle, gives the messages' latency per unit and chunk step and the per-epoch
-   overhead (resets, trajectories, advantages).
+   T <= 2). The env workers' simulation seconds give the **env step time per env** (beside a rollout
+   worker); the wall time, set against the cost model's cycle, gives the messages' cost per unit and chunk
+   step with env and rollout worker on one compute unit, and the per-epoch overhead (resets, trajectories,
+   advantages).
 2. **inference time per batch size**: `predict` (train mode) on every unit size the candidates use, on
    observations of the env tiled to that size; one warm-up and three calls each (the median).
 3. **training time per sample**: `minibatch_step` (the real update step, target KL off) on the last epoch's
@@ -20,6 +21,11 @@ rank, or everything on one slot) and measures, in a bounded number of steps:
    copy's gather plus the rollout workers' load.
 5. **memory per component**: each worker's resident memory (CPU; with its simulator processes) or peak GPU
    memory, and the policy's and optimizer's bytes, from which the cost model's linear memory terms follow.
+
+6. **apart** (two or more slots): the same rollout epochs with one env worker on slot 0 and one rollout
+   worker on slot 1: the env worker's simulation seconds there give the env step time per env on a core
+   without a rollout worker (collocated, the two contend: its seconds there are the other env step time),
+   and the wall time the messages' cost per unit and chunk step between two compute units.
 
 The workers are then stopped (their weights took optimizer steps); the run starts fresh in the chosen
 placement. Everything is reported in the log (`Measurement.lines`).
@@ -184,6 +190,9 @@ class Measurement:
     seconds: float
     started_ray: bool  # the profiling started Ray (the run's cluster then owns it)
     lines: list[str] = field(default_factory=list)
+    epochs: list = field(default_factory=list)  # the collocated rollout epochs (`_rollout_epochs`)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds of each profiling step
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 def _profiling_configs(config: TrainConfig) -> list[TrainConfig]:
@@ -237,6 +246,7 @@ def measure(config: TrainConfig, log: Callable[[str], None] = print) -> Measurem
         finally:
             cluster.started_ray = False  # keep Ray up: the run's cluster joins it
             cluster.shutdown()
+        _measure_apart(result, config, profiled)
     except BaseException:
         if not had_ray:
             from embodied.cluster import stop_ray
@@ -272,10 +282,12 @@ def _measure(cluster, workers, config: TrainConfig, profiled: TrainConfig) -> Me
     workers.sync_weights()
     epochs = _rollout_epochs(workers, profiled, workload)
     lap("rollout epochs")
-    n = workload.num_envs // len(here.env)
-    env_per_env = statistics.median(r["sim_seconds"] / (k * n) for k, r, _, _ in epochs)
+    env_per_env = _env_per_env(epochs, here, workload)
     valid, _ = cost_model.candidates(workload, machine)
-    sizes = sorted({workload.num_envs // (len(c.env) * c.pipeline_stages) for c in valid} | {n})
+    sizes = sorted(
+        {workload.num_envs // (len(c.env) * c.pipeline_stages) for c in valid}
+        | {workload.num_envs // len(here.env), workload.num_envs}
+    )
     obs = workers.env.call("run", latest_observations, ranks=[0]).wait()[0]
     infer = workers.rollout.call("run", time_inference, obs, sizes, ranks=[0]).wait()[0]
     lap("inference")
@@ -286,9 +298,9 @@ def _measure(cluster, workers, config: TrainConfig, profiled: TrainConfig) -> Me
     lap("weight sync and memory")
     profile = Profile(env_per_env, infer, training["per_sample"], training["step"], sync, memory=memory)
     profile = _calibrate(profile, epochs, here, workload, machine)
-    lines = _report(profile, machine, training)
-    lines.append("  profiling steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
-    return Measurement(profile, machine, workload, here, 0.0, False, lines)
+    measurement = Measurement(profile, machine, workload, here, 0.0, False, epochs=epochs, phases=phases)
+    measurement.training = training
+    return measurement
 
 
 def _rollout_epochs(
@@ -377,21 +389,85 @@ def _memory(workers, workload: Workload, here: Candidate, machine: Machine) -> t
 
 def _calibrate(profile: Profile, epochs, here: Candidate, workload: Workload, machine: Machine) -> Profile:
     """Messages per unit and chunk step, and the per-epoch overhead: the measured rollout wall time against
-    the model's cycle without them (a line through the epochs of k1 and k2 chunk steps)."""
+    the model's cycle without them (a line through the epochs of k1 and k2 chunk steps). In the collocated
+    profiling placement each core holds `pipeline_stages` units whose env and rollout share it, so the
+    messages of a unit are (cycle - model cycle) / stages; in the apart placement one unit's round trip is
+    the cycle, and the same difference is the messages between two compute units."""
     from dataclasses import replace
 
-    one_step = Workload(workload.num_envs, 1, workload.group_size)
-    model_cycle = cost_model.rollout_seconds(here, one_step, profile, machine)
+    cycle, fixed = _cycle_and_fixed(profile, epochs, here, workload, machine)
+    bare = replace(profile, unit_overhead=0.0, apart_overhead=0.0, epoch_overhead=0.0)
+    model_cycle = cost_model.rollout_seconds(
+        here, Workload(workload.num_envs, 1, workload.group_size), bare, machine
+    )
+    messages = max(0.0, (cycle - model_cycle) / here.pipeline_stages)
+    advantages = statistics.median(adv for *_, adv in epochs)
+    if _apart(here, machine):
+        return replace(profile, apart_overhead=messages)
+    return replace(profile, unit_overhead=messages, epoch_overhead=max(0.0, fixed) + advantages)
+
+
+def _apart(c: Candidate, machine: Machine) -> bool:
+    """Whether every unit's env and rollout worker are on different compute units (the apart placement)."""
+    return not set(c.env) & set(c.rollout) and machine.compute_units > 1
+
+
+def _cycle_and_fixed(profile: Profile, epochs, here: Candidate, workload: Workload, machine: Machine):
+    """(seconds per chunk step, fixed seconds per epoch) of the epochs' wall times."""
     steps = np.array([k for k, *_ in epochs], dtype=float)
     walls = np.array([wall for _, _, wall, _ in epochs])
     if len(set(steps)) > 1:
         cycle, fixed = np.polyfit(steps, walls, 1)
+        return float(cycle), float(fixed)
+    one_step = Workload(workload.num_envs, 1, workload.group_size)
+    cycle = cost_model.rollout_seconds(here, one_step, profile, machine) - profile.epoch_overhead
+    return cycle, float(np.median(walls - steps * cycle))
+
+
+def _env_per_env(epochs, here: Candidate, workload: Workload) -> float:
+    n = workload.num_envs // len(here.env)
+    return statistics.median(r["sim_seconds"] / (k * n) for k, r, _, _ in epochs)
+
+
+def _measure_apart(result: Measurement, config: TrainConfig, profiled: TrainConfig) -> None:
+    """Step 6 of the module docstring: the apart placement's epochs give the env step time on a core without
+    a rollout worker and the messages between compute units. Then the report's lines."""
+    from dataclasses import replace
+
+    from embodied.cluster import Cluster
+    from embodied.components import Components
+
+    began, skipped = time.perf_counter(), None
+    if result.machine.compute_units < 2:
+        skipped = "one compute unit"
     else:
-        cycle, fixed = model_cycle, float(np.median(walls - steps * model_cycle))
-    units_per_core = here.pipeline_stages  # the profiling placement: one env worker per slot
-    unit_overhead = max(0.0, (cycle - model_cycle) / units_per_core)
-    advantages = statistics.median(adv for *_, adv in epochs)
-    return replace(profile, unit_overhead=unit_overhead, epoch_overhead=max(0.0, fixed) + advantages)
+        apart_config = profiled.replace(
+            cluster=profiled.cluster.replace(
+                num_slots=2, component_placement={"env": "0", "rollout": "1", "actor": "0"}
+            )
+        )
+        cluster = Cluster(apart_config.cluster)
+        try:
+            workers = Components(cluster, apart_config)
+            workers.sync_weights()
+            epochs = _rollout_epochs(workers, apart_config, result.workload)
+        except ConfigError as exc:
+            skipped = str(exc)
+        finally:
+            cluster.started_ray = False
+            cluster.shutdown()
+    if skipped is None:
+        slots = cluster.placement.slots
+        apart = Candidate(2, slots["env"], slots["rollout"], slots["actor"], pipeline_stages=1)
+        w, machine = result.workload, result.machine
+        profile = replace(result.profile, env_per_env_apart=_env_per_env(epochs, apart, w))
+        result.profile = _calibrate(profile, epochs, apart, w, machine)
+        result.phases["apart placement"] = time.perf_counter() - began
+    lines = _report(result.profile, result.machine, result.training)
+    if skipped is not None:
+        lines.append(f"  apart placement not profiled ({skipped}): messages between compute units as on one")
+    lines.append("  profiling steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items()))
+    result.lines[:0] = lines
 
 
 def _report(profile: Profile, machine: Machine, training: dict[str, Any]) -> list[str]:
@@ -406,6 +482,16 @@ def _report(profile: Profile, machine: Machine, training: dict[str, Any]) -> lis
         f"{r} rank{'s' if r > 1 else ''}: {s * ms:.1f}" for r, s in sorted(profile.weight_sync.items())
     )
     m = profile.memory
+    apart = (
+        "not measured between two"
+        if profile.apart_overhead is None
+        else f"{profile.apart_overhead * ms:.2f} ms between two"
+    )
+    alone = (
+        "alone not measured"
+        if profile.env_per_env_apart is None
+        else f"{profile.env_per_env_apart * ms:.3f} ms alone"
+    )
     where = (
         f"{machine.gpus} GPU(s) of {machine.memory_bytes / GIB:.1f} GiB"
         if machine.gpus
@@ -413,8 +499,10 @@ def _report(profile: Profile, machine: Machine, training: dict[str, Any]) -> lis
     )
     return [
         f"  machine: {where} (pid {os.getpid()})",
-        f"  env step: {profile.env_per_env * ms:.3f} ms per env; messages {profile.unit_overhead * ms:.2f} ms per "
-        f"unit and chunk step; {profile.epoch_overhead * ms:.1f} ms per epoch (resets, trajectories, advantages)",
+        f"  env step: {profile.env_per_env * ms:.3f} ms per env beside a rollout worker, {alone}; messages per "
+        "unit and chunk step "
+        f"{profile.unit_overhead * ms:.2f} ms on one compute unit, {apart}; {profile.epoch_overhead * ms:.1f} ms "
+        "per epoch (resets, trajectories, advantages)",
         f"  inference ms by batch size: {infer}",
         f"  training: {train}",
         f"  weight sync ms: {sync}",

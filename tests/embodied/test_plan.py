@@ -69,6 +69,22 @@ def test_profiler_calibrates_message_and_epoch_overheads_from_two_epoch_lengths(
     assert calibrated.epoch_overhead == pytest.approx(0.25)
 
 
+def test_profiler_calibrates_the_messages_between_two_cores_from_the_apart_placement():
+    """Env on slot 0 and rollout on slot 1, one unit of 16 envs: the cycle is its round trip, so the wall time's
+    excess over simulation + inference is the messages between two cores; the shared-core value and the
+    epoch overhead of the collocated calibration stay as they were."""
+    from embodied.cost_model import Machine, Profile, Workload
+    from embodied.profiler import _calibrate
+
+    machine, apart = Machine(cores=2), Candidate(2, (0,), (1,), (0,), 1)
+    profile = Profile(1e-3, {16: 0.02}, {1: 0.0}, {1: 0.0}, {1: 0.0}, unit_overhead=0.01, epoch_overhead=0.3)
+    cycle = 16 * 1e-3 + 0.02 + 4e-3
+    epochs = [(k, {}, k * cycle + 0.2, 0.05) for k in (4, 12)]
+    calibrated = _calibrate(profile, epochs, apart, Workload(16, 12), machine)
+    assert calibrated.apart_overhead == pytest.approx(4e-3)
+    assert calibrated.unit_overhead == 0.01 and calibrated.epoch_overhead == 0.3
+
+
 def test_training_fit_passes_through_the_run_s_mini_batch_size():
     from embodied.profiler import _fit
 
