@@ -1,16 +1,14 @@
 """PPO learns ManiSkill PushCube-v1 (state) with the default config and stays learned.
 
 The default config (`maniskill_ppo_pushcube`: 16 envs x 100 steps per iteration, ManiSkill's PPO
-hyperparameters with the actions' initial log std at -0.75), seed SEED, for BUDGET env steps with its own periodic
+hyperparameters with the actions' initial log std at -0.75), seed 0, for BUDGET env steps with its own periodic
 evaluation (64 episodes, deterministic, fixed initial states, every 8,000 env steps once training episodes
 succeed) and the stop at 0.95 turned off. Its evaluations must reach 0.9, never fall below FLOOR after the first
 eval >= 0.9, and end at >= 0.9; the untrained policy scores 0.00.
 Measured (docs/benchmarks.md, "Stable once learned"): `scripts/bench_learning.py` with this config, seeds 0-2,
-first eval >= 0.9 at 88k-112k env steps, lowest of the 10 evals after it 0.906, 0.953, 0.953. Seed 1 is the
-earliest (0.906 at 88k, then 0.953, 0.984, 0.969, 0.953 at 120k), so the test runs it for 120k env steps: four
-evals after the first success in 345 s on a quiet machine (seed 0 for 160k took 443 s). With ManiSkill's log
-std -0.5, seed 0 fell from 0.953 (80k) to 0.703 (96k). Suite runs are deterministic per seed on CPU, so
-FLOOR = 0.85 (the issue's goal) leaves room only for float noise.
+first eval >= 0.9 at 88k-112k env steps (seed 0: 0.938 at 104k), lowest of the 10 evals after it 0.906, 0.953,
+0.953. With ManiSkill's log std -0.5, seed 0 fell from 0.953 (80k) to 0.703 (96k) and this test fails. Suite runs
+are deterministic per seed on CPU, so FLOOR = 0.85 (the issue's goal) leaves room only for float noise.
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ from embodied.train import train
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
-SEED = 1
-BUDGET = 120_000
+BUDGET = 160_000
 LEARNED = 0.9
 FLOOR = 0.85
 
@@ -33,7 +30,6 @@ def test_pushcube_learns_and_stays_learned(tmp_path):
     config, tree = load_config(
         "maniskill_ppo_pushcube",
         [
-            f"run.seed={SEED}",
             f"run.total_env_steps={BUDGET}",
             "run.stop_at_eval_success=null",
             "eval.at_end=true",
