@@ -103,6 +103,8 @@ def eval_curve(run_dir: Path) -> list[tuple[float, int, float]]:
 
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()
+    if "eval/success_once" not in events.Tags()["scalars"]:  # stopped before its first evaluation
+        return []
     minutes = {e.step: e.value for e in events.Scalars("progress/wall_minutes")}
     return [(minutes.get(e.step, float("nan")), e.step, e.value) for e in events.Scalars("eval/success_once")]
 
