@@ -44,6 +44,11 @@ class Row:
 # The demos run longer than the tasks' default 50-step limit (PushCube 55..74 steps, PickCube up to 94 with
 # ManiSkill's planner speed): SFT evaluation and RL get 100 steps an episode (docs/demos.md).
 LONG_EPISODES = ["env.max_episode_steps=100"]
+# RL from an SFT checkpoint (docs/learning_results.md, row 2): evaluate from the first iterations (the config's
+# min_train_success would skip every evaluation while the sampled policy succeeds less than the deterministic
+# one), and fit the new value head for 10 iterations before the policy moves (4 left its explained variance
+# negative and the policy fell from ~0.45 to ~0.1 training success).
+RL_FROM_SFT = ["eval.min_train_success=null", "actor.critic_warmup_iterations=10"]
 ROWS = {
     "pickcube_state": Row(
         ["--env", "maniskill_pickcube", "--num-episodes", "100"],
@@ -63,13 +68,13 @@ ROWS = {
         ["--env", "maniskill_pushcube_rgb", "--num-episodes", "100"],
         "sft_maniskill_pushcube_pi0",
         "maniskill_ppo_pi0",
-        rl=LONG_EPISODES,
+        rl=[*LONG_EPISODES, *RL_FROM_SFT],
     ),
     "pushcube_rgb_openvla_oft": Row(
         ["--env", "maniskill_pushcube_rgb", "--num-episodes", "100"],
         "sft_maniskill_pushcube_openvla_oft",
         "maniskill_ppo_pushcube_openvla_oft",
-        rl=LONG_EPISODES,
+        rl=[*LONG_EPISODES, *RL_FROM_SFT],
     ),
 }
 
