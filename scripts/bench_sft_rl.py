@@ -46,8 +46,9 @@ class Row:
 LONG_EPISODES = ["env.max_episode_steps=100"]
 # RL from an SFT checkpoint (docs/learning_results.md, row 2): evaluate from the first iterations (the config's
 # min_train_success would skip every evaluation while the sampled policy succeeds less than the deterministic
-# one), and fit the new value head for 10 iterations before the policy moves (4 left its explained variance
-# negative and the policy fell from ~0.45 to ~0.1 training success).
+# one), and fit the new value head for 10 iterations before the policy moves. Measured for tiny OFT on PushCube:
+# neither 4 nor 10 warm-up iterations left the critic better than a constant, and PPO took the SFT policy from
+# 0.52 to 0.00-0.02 eval success either way (docs/learning_results.md, row 2): the row is open.
 RL_FROM_SFT = ["eval.min_train_success=null", "actor.critic_warmup_iterations=10"]
 ROWS = {
     "pickcube_state": Row(
