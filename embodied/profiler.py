@@ -27,8 +27,9 @@ rank, or everything on one slot) and measures, in a bounded number of steps:
    without a rollout worker (collocated, the two contend: its seconds there are the other env step time),
    and the wall time the messages' cost per unit and chunk step between two compute units.
 
-The workers are then stopped (their weights took optimizer steps); the run starts fresh in the chosen
-placement. Everything is reported in the log (`Measurement.lines`).
+Steps 2, 3 and 5 run inside the workers (`embodied.profiler_probes`). The workers are then stopped (their
+weights took optimizer steps); the run starts fresh in the chosen placement. Everything is reported in the log
+(`Measurement.lines`).
 """
 
 from __future__ import annotations
@@ -41,15 +42,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from algorithms.schema import ConfigError
 from embodied import cost_model
 from embodied.config import TrainConfig
 from embodied.cost_model import GIB, Candidate, Machine, MemoryProfile, Profile, Workload
+from embodied.profiler_probes import latest_observations, memory_use, time_inference, time_training
 
-CALLS_PER_SIZE = 3
-TRAINING_REPEATS = 3  # timed mini-batch steps per size and rank count, in turns (medians)
 MAX_PROFILE_STEPS = 12
 MAX_PROFILE_SAMPLES = 256  # per timed mini-batch when the run's own has no micro-batch size
 GPU_CONTEXT_BYTES = 0.5 * GIB  # a CUDA context, which torch's allocator does not count
@@ -65,119 +64,6 @@ def workload_of(config: TrainConfig) -> Workload:
     )
 
 
-# -- on the workers (through Worker.run) ----------------------------------------------------------------------
-def latest_observations(worker) -> dict:
-    """Env worker: the observation its first unit last returned."""
-    return worker.obs[0]
-
-
-def time_inference(worker, obs: dict, sizes: list[int]) -> dict[int, float]:
-    """Rollout worker: median seconds of `predict` on `obs` tiled to each batch size."""
-    from embodied.devices import resident
-    from envs.base import select_obs
-
-    rows = len(next(v for v in obs.values()))
-    out = {}
-    with torch.no_grad(), resident(worker.policy, worker.device, worker.offload_when_idle):
-        for size in sizes:
-            batch = select_obs(obs, np.arange(size) % rows)
-            worker.policy.predict(batch, mode="train")
-            seconds = []
-            for _ in range(CALLS_PER_SIZE):
-                start = time.perf_counter()
-                worker.policy.predict(batch, mode="train")
-                seconds.append(time.perf_counter() - start)
-            out[size] = statistics.median(seconds)
-    return out
-
-
-def _minibatch_seconds(policy, optimizer, batch, worker, comm, size: int) -> float:
-    """One `minibatch_step` (the real update step, target KL off) on `batch` tiled to `size` samples."""
-    from embodied.training import minibatch_step
-
-    minibatch = batch.select(torch.arange(size) % len(batch))
-    start = time.perf_counter()
-    minibatch_step(policy, optimizer, minibatch, worker.actor.replace(target_kl=None), worker.algorithm, comm)
-    return time.perf_counter() - start
-
-
-def _fit(seconds: dict[int, list[float]]) -> tuple[float, float]:
-    """(seconds per sample, seconds per step) of t(m) = m x per-sample + per-step through two sizes' medians.
-    The line always passes through the larger size (the run's own mini-batch), whose time the prediction
-    uses; when noise makes the slope negative or steeper than proportional, the time is taken as
-    proportional to the size."""
-    (small, t_small), (large, t_large) = sorted((m, statistics.median(v)) for m, v in seconds.items())
-    slope = (t_large - t_small) / max(large - small, 1)
-    per_sample = min(max(slope, 0.0), t_large / large) if slope > 0 else t_large / large
-    return per_sample, t_large - large * per_sample
-
-
-def time_training(worker, sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
-    """Actor ranks (all together): per-sample and per-step seconds at this world size and, with more than
-    one rank, on a one-rank FSDP2 copy on rank 0, the two measured in turns (so that a change of load hits
-    both); the copy's full-state gather, for the one-rank sync."""
-    import torch.distributed as dist
-
-    from embodied import fsdp
-    from embodied.training import Collectives, build_optimizer
-    from policies.base import make_policy
-
-    worker._onload()
-    world = worker.info.world_size
-    runs = [(world, worker.policy, worker.optimizer, worker.comm)]
-    if world > 1:
-        group = dist.new_group([0])  # every rank takes part in creating it
-        if worker.info.rank == 0:
-            copy = make_policy(worker.policy_config, worker.env_spec).to(worker.device)
-            a = worker.actor
-            copy = fsdp.shard(copy, worker.info.device, a.precision, a.reshard_after_forward, group=group)
-            runs.append((1, copy, build_optimizer(copy, a), Collectives()))
-    seconds: dict[int, dict[int, list[float]]] = {r: {m: [] for m in sizes[r]} for r, *_ in runs}
-    for repeat in range(TRAINING_REPEATS + 1):  # the first warms up
-        for ranks, policy, optimizer, comm in runs:  # ranks > 0 skip the copy and wait in the next collective
-            for size in sizes[ranks]:
-                elapsed = _minibatch_seconds(policy, optimizer, worker.batch, worker, comm, size)
-                if repeat:
-                    seconds[ranks][size].append(elapsed)
-    out: dict[str, Any] = {r: _fit(s) for r, s in seconds.items()}
-    if len(runs) > 1:
-        start = time.perf_counter()
-        fsdp.full_state_dict(runs[1][1])
-        out["gather_1"] = time.perf_counter() - start
-    if world > 1:
-        dist.barrier()
-    return out
-
-
-def memory_use(worker) -> dict[str, float]:
-    """Any worker: resident bytes (with child processes), peak GPU bytes, and the bytes of its policy's
-    weights and (actor) gradients and optimizer state on this rank."""
-    import psutil
-
-    process = psutil.Process()
-    rss = process.memory_info().rss + sum(
-        c.memory_info().rss for c in process.children(recursive=True) if c.is_running()
-    )
-    out = {"rss": float(rss), "gpu_peak": 0.0, "gpu_total": 0.0, "state": 0.0}
-    if torch.cuda.is_available():
-        out["gpu_peak"] = float(torch.cuda.max_memory_allocated())
-        out["gpu_total"] = float(torch.cuda.get_device_properties(0).total_memory)
-
-    def nbytes(t: torch.Tensor) -> int:
-        t = t.to_local() if hasattr(t, "to_local") else t
-        return t.numel() * t.element_size()
-
-    policy = getattr(worker, "policy", None)
-    if policy is not None:
-        params = list(policy.parameters())
-        out["state"] = float(sum(nbytes(p) for p in params))
-        if getattr(worker, "optimizer", None) is not None:
-            out["state"] += float(sum(nbytes(p) for p in params if p.requires_grad))  # gradients
-            for state in worker.optimizer.state.values():
-                out["state"] += float(sum(nbytes(v) for v in state.values() if isinstance(v, torch.Tensor)))
-    return out
-
-
 # -- on the driver -------------------------------------------------------------------------------------------
 @dataclass
 class Measurement:
@@ -190,9 +76,7 @@ class Measurement:
     seconds: float
     started_ray: bool  # the profiling started Ray (the run's cluster then owns it)
     lines: list[str] = field(default_factory=list)
-    epochs: list = field(default_factory=list)  # the collocated rollout epochs (`_rollout_epochs`)
     phases: dict[str, float] = field(default_factory=dict)  # seconds of each profiling step
-    training: dict[str, Any] = field(default_factory=dict)
 
 
 def _profiling_configs(config: TrainConfig) -> list[TrainConfig]:
@@ -246,7 +130,7 @@ def measure(config: TrainConfig, log: Callable[[str], None] = print) -> Measurem
         finally:
             cluster.started_ray = False  # keep Ray up: the run's cluster joins it
             cluster.shutdown()
-        _measure_apart(result, config, profiled)
+        skipped = _measure_apart(result, profiled)
     except BaseException:
         if not had_ray:
             from embodied.cluster import stop_ray
@@ -255,9 +139,16 @@ def measure(config: TrainConfig, log: Callable[[str], None] = print) -> Measurem
         raise
     result.seconds = time.perf_counter() - began
     result.started_ray = not had_ray
-    result.lines.insert(
-        0,
+    result.lines = [
         f"auto placement: profiled in {result.seconds:.1f} s, start-up included ({result.placement.name})",
+        *_report(result.profile, result.machine),
+    ]
+    if skipped is not None:
+        result.lines.append(
+            f"  apart placement not profiled ({skipped}): messages between compute units as on one"
+        )
+    result.lines.append(
+        "  profiling steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items())
     )
     for line in result.lines:
         log(line)
@@ -298,9 +189,7 @@ def _measure(cluster, workers, config: TrainConfig, profiled: TrainConfig) -> Me
     lap("weight sync and memory")
     profile = Profile(env_per_env, infer, training["per_sample"], training["step"], sync, memory=memory)
     profile = _calibrate(profile, epochs, here, workload, machine)
-    measurement = Measurement(profile, machine, workload, here, 0.0, False, epochs=epochs, phases=phases)
-    measurement.training = training
-    return measurement
+    return Measurement(profile, machine, workload, here, 0.0, False, phases=phases)
 
 
 def _rollout_epochs(
@@ -429,48 +318,42 @@ def _env_per_env(epochs, here: Candidate, workload: Workload) -> float:
     return statistics.median(r["sim_seconds"] / (k * n) for k, r, _, _ in epochs)
 
 
-def _measure_apart(result: Measurement, config: TrainConfig, profiled: TrainConfig) -> None:
+def _measure_apart(result: Measurement, profiled: TrainConfig) -> str | None:
     """Step 6 of the module docstring: the apart placement's epochs give the env step time on a core without
-    a rollout worker and the messages between compute units. Then the report's lines."""
+    a rollout worker and the messages between compute units, into `result.profile`. Returns why it was not
+    profiled, or None."""
     from dataclasses import replace
 
     from embodied.cluster import Cluster
     from embodied.components import Components
 
-    began, skipped = time.perf_counter(), None
     if result.machine.compute_units < 2:
-        skipped = "one compute unit"
-    else:
-        apart_config = profiled.replace(
-            cluster=profiled.cluster.replace(
-                num_slots=2, component_placement={"env": "0", "rollout": "1", "actor": "0"}
-            )
+        return "one compute unit"
+    began = time.perf_counter()
+    apart_config = profiled.replace(
+        cluster=profiled.cluster.replace(
+            num_slots=2, component_placement={"env": "0", "rollout": "1", "actor": "0"}
         )
-        cluster = Cluster(apart_config.cluster)
-        try:
-            workers = Components(cluster, apart_config)
-            workers.sync_weights()
-            epochs = _rollout_epochs(workers, apart_config, result.workload)
-        except ConfigError as exc:
-            skipped = str(exc)
-        finally:
-            cluster.started_ray = False
-            cluster.shutdown()
-    if skipped is None:
-        slots = cluster.placement.slots
-        apart = Candidate(2, slots["env"], slots["rollout"], slots["actor"], pipeline_stages=1)
-        w, machine = result.workload, result.machine
-        profile = replace(result.profile, env_per_env_apart=_env_per_env(epochs, apart, w))
-        result.profile = _calibrate(profile, epochs, apart, w, machine)
-        result.phases["apart placement"] = time.perf_counter() - began
-    lines = _report(result.profile, result.machine, result.training)
-    if skipped is not None:
-        lines.append(f"  apart placement not profiled ({skipped}): messages between compute units as on one")
-    lines.append("  profiling steps (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items()))
-    result.lines[:0] = lines
+    )
+    cluster = Cluster(apart_config.cluster)
+    try:
+        workers = Components(cluster, apart_config)
+        workers.sync_weights()
+        epochs = _rollout_epochs(workers, apart_config, result.workload)
+    except ConfigError as exc:
+        return str(exc)
+    finally:
+        cluster.started_ray = False
+        cluster.shutdown()
+    slots = cluster.placement.slots
+    apart = Candidate(2, slots["env"], slots["rollout"], slots["actor"], pipeline_stages=1)
+    profile = replace(result.profile, env_per_env_apart=_env_per_env(epochs, apart, result.workload))
+    result.profile = _calibrate(profile, epochs, apart, result.workload, result.machine)
+    result.phases["apart placement"] = time.perf_counter() - began
+    return None
 
 
-def _report(profile: Profile, machine: Machine, training: dict[str, Any]) -> list[str]:
+def _report(profile: Profile, machine: Machine) -> list[str]:
     ms = 1e3
     infer = ", ".join(f"{b}: {s * ms:.1f}" for b, s in sorted(profile.infer.items()))
     train = ", ".join(
@@ -499,10 +382,9 @@ def _report(profile: Profile, machine: Machine, training: dict[str, Any]) -> lis
     )
     return [
         f"  machine: {where} (pid {os.getpid()})",
-        f"  env step: {profile.env_per_env * ms:.3f} ms per env beside a rollout worker, {alone}; messages per "
-        "unit and chunk step "
-        f"{profile.unit_overhead * ms:.2f} ms on one compute unit, {apart}; {profile.epoch_overhead * ms:.1f} ms "
-        "per epoch (resets, trajectories, advantages)",
+        f"  env step: {profile.env_per_env * ms:.3f} ms per env beside a rollout worker, {alone}; messages per unit "
+        f"and chunk step {profile.unit_overhead * ms:.2f} ms on one compute unit, {apart}; "
+        f"{profile.epoch_overhead * ms:.1f} ms per epoch (resets, trajectories, advantages)",
         f"  inference ms by batch size: {infer}",
         f"  training: {train}",
         f"  weight sync ms: {sync}",

@@ -104,21 +104,21 @@ def bench(workload: str, iterations: int, top: int | None, rounds: int) -> None:
         profiled = f"{time.perf_counter() - began:.0f} s, load {start_load} -> {load()}"
     stop_ray()
     predictions = result.predictions[:top] if top else result.predictions
-    runs: dict[int, list[dict]] = {id(p): [] for p in predictions}
+    runs: list[list[dict]] = [[] for _ in predictions]
+    order = list(range(len(predictions)))
     for r in range(rounds):
-        for p in predictions if r % 2 == 0 else predictions[::-1]:
-            m = measure_candidate(name, overrides, p.candidate, iterations)
-            runs[id(p)].append(m)
+        for i in order if r % 2 == 0 else order[::-1]:
+            p, m = predictions[i], measure_candidate(name, overrides, predictions[i].candidate, iterations)
+            runs[i].append(m)
             print(
                 f"  round {r + 1}: {p.candidate.name}: predicted {p.iteration:.3f} s, measured "
                 f"{m['measured']:.3f} s ({m['load']})",
                 flush=True,
             )
     rows = []
-    for p in predictions:
-        fastest = min(runs[id(p)], key=lambda m: m["measured"])
-        rounds_shown = " / ".join(f"{m['measured']:.3f}" for m in runs[id(p)])
-        rows.append((p, fastest | {"rounds": rounds_shown}))
+    for p, measured in zip(predictions, runs):
+        fastest = min(measured, key=lambda m: m["measured"])
+        rows.append((p, fastest | {"rounds": " / ".join(f"{m['measured']:.3f}" for m in measured)}))
     report(workload, name, overrides, iterations, rounds, profiled, result.chosen, rows)
 
 

@@ -86,7 +86,7 @@ def test_profiler_calibrates_the_messages_between_two_cores_from_the_apart_place
 
 
 def test_training_fit_passes_through_the_run_s_mini_batch_size():
-    from embodied.profiler import _fit
+    from embodied.profiler_probes import _fit
 
     assert _fit({100: [0.12, 0.11, 0.13], 200: [0.22]}) == pytest.approx((1e-3, 0.02))
     per_sample, step = _fit({100: [0.30], 200: [0.20]})  # noise: the larger took less time
