@@ -101,10 +101,10 @@ class Components:
         # fresh names for each generation of env workers: a rollout worker's mailbox keeps counting the
         # sequence numbers of the channels it has used, the new env workers start theirs at 0
         suffix = f"/{self.generation}" if self.generation else ""
-        observations = Channel(f"observations{suffix}", self.rollout.handles, timeout)
-        actions = Channel(f"actions{suffix}", self.env.handles, timeout)
+        observations = Channel.connect(f"observations{suffix}", self.rollout.handles, timeout)
+        actions = Channel.connect(f"actions{suffix}", self.env.handles, timeout)
         trajectories = (
-            Channel("trajectories", self.actor.handles, timeout) if self.actor is not None else None
+            Channel.connect("trajectories", self.actor.handles, timeout) if self.actor is not None else None
         )
         calls = [
             self.env.connect(observations, actions),

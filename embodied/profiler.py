@@ -15,8 +15,9 @@ rank, or everything on one slot) and measures, in a bounded number of steps:
    observations of the env tiled to that size; one warm-up and three calls each (the median).
 3. **training time per sample**: `minibatch_step` (the real update step, target KL off) on the last epoch's
    batch tiled to the real mini-batch size and to half of it, on all actor ranks (FSDP2 over every slot)
-   and on a one-rank FSDP2 copy built on rank 0, three times in turns after a warm-up (medians: a change
-   of load hits both rank counts alike); t(m) = m x per-sample + per-step solves both.
+   and on a one-rank copy built on rank 0 (sharded as a one-rank run is: `embodied.fsdp.shard`), three
+   times in turns after a warm-up (medians: a change of load hits both rank counts alike); t(m) = m x
+   per-sample + per-step solves both.
 4. **weight sync**: twice with all ranks (gather, load into every rollout worker); the one-rank sync is the
    copy's gather plus the rollout workers' load.
 5. **memory per component**: each worker's resident memory (CPU; with its simulator processes) or peak GPU

@@ -112,6 +112,10 @@ class Worker:
         """A channel item for this worker (see embodied.channel)."""
         local_mailbox().deliver(channel, key, seq, item)
 
+    def mailbox_address(self) -> tuple[str, str] | None:
+        """Where producers on this machine reach this worker's mailbox without Ray (see embodied.channel)."""
+        return local_mailbox().address()
+
     def process_info(self) -> dict[str, Any]:
         """pid, host, cores and the pids of this worker's child processes (env simulators)."""
         import psutil

@@ -45,12 +45,14 @@ def member(rank: int, port: int, results) -> None:
     comm = DataParallelCollectives(Collectives(), group, rank, 2)
     comm.begin(VERSION)
     model = policy()
-    if rank == 0:  # the actor: a one-rank FSDP2 module (DTensor parameters and gradients), as in the runtime
-        from embodied import fsdp
+    if rank == 0:  # the actor: a one-rank FSDP2 module (DTensor parameters and gradients), as the runtime's
+        # actor is on a GPU or in bf16 (`embodied.fsdp.shard` keeps a one-CPU-rank fp32 actor plain)
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         own = dist.FileStore(f"{tempfile.gettempdir()}/test_online_scaling_{port}", 1)
         dist.init_process_group("gloo", store=own, rank=0, world_size=1)
-        model = fsdp.shard(model, "cpu", "fp32", True)
+        fully_shard(model)
+        register_fsdp_forward_method(model, "evaluate")
     metrics = ppo_update(
         model,
         build_optimizer(model, ACTOR),

@@ -38,6 +38,18 @@ class Echo(Worker):
         for item in items:
             channel.put(item, key=key, rank=rank)
 
+    def send_counting_socket_frames(self, channel: Channel, items: list, key, rank: int) -> int:
+        """Send `items`; how many of them went over the same-machine socket instead of Ray."""
+        from embodied import channel as channels
+
+        sent, send = [], channels._SENDERS.send
+        channels._SENDERS.send = lambda *args: sent.append(send(*args)) or sent[-1]
+        try:
+            self.send(channel, items, key, rank)
+        finally:
+            channels._SENDERS.send = send
+        return sum(sent)
+
     def receive(self, channel: Channel, key, count: int) -> list:
         return [channel.get(key) for _ in range(count)]
 
@@ -122,6 +134,30 @@ def test_large_items_travel_by_reference_and_arrive_intact(ray_cluster, group):
     reader = group.call("receive", channel, "x", 1, ranks=[1])
     group.call("send", channel, [big], "x", 1, ranks=[0]).wait()
     torch.testing.assert_close(reader.wait()[0][0]["images"], big["images"])
+
+
+def test_connected_channels_carry_items_over_a_socket_between_workers_on_one_machine(ray_cluster, group):
+    channel = Channel.connect("local", group.handles, timeout=30)
+    here = ray_cluster.get_runtime_context().get_node_id()
+    assert [address[0] for address in channel.addresses] == [here, here]
+    items = [{"obs": torch.full((4, 3), float(i)), "done": torch.tensor([i % 2 == 0])} for i in range(20)]
+    items.append({"images": torch.arange(300_000, dtype=torch.uint8)})  # larger than Ray's inline size
+    reader = group.call("receive", channel, "env0", len(items), ranks=[1])
+    assert group.call("send_counting_socket_frames", channel, items, "env0", 1, ranks=[0]).wait() == [
+        len(items)
+    ]
+    for got, sent in zip(reader.wait()[0], items):
+        assert got.keys() == sent.keys()
+        for key in sent:
+            torch.testing.assert_close(got[key], sent[key])
+
+
+def test_an_unreachable_socket_falls_back_to_ray_in_order(ray_cluster, group):
+    here = ray_cluster.get_runtime_context().get_node_id()
+    channel = Channel("fallback", group.handles, 30, addresses=[(here, "inflow-mailbox-gone")] * 2)
+    reader = group.call("receive", channel, "k", 5, ranks=[1])
+    assert group.call("send_counting_socket_frames", channel, list(range(5)), "k", 1, ranks=[0]).wait() == [0]
+    assert reader.wait() == [list(range(5))]
 
 
 def test_a_silent_peer_times_out_with_a_clear_error(ray_cluster, group):
