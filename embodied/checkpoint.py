@@ -29,6 +29,7 @@ import pickle
 import random
 import re
 import shutil
+import time
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+
+from embodied import faults
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"
@@ -193,6 +196,8 @@ class Checkpointer:
         tmp = self.begin(iteration)
         try:
             write_state(tmp)
+            if faults.due("checkpoint.slow"):
+                time.sleep(2.0)
             return self.commit(tmp, iteration, counters, config_tree)
         except Exception as exc:
             written = folder_bytes(tmp) if tmp.is_dir() else 0

@@ -2,12 +2,16 @@
 
     INFLOW_FAULT="<site>@<n>[,<site>@<n>...]"
 
-makes the n-th pass through a site, counted in each process, corrupt what passes through it:
+makes the n-th pass through a site, counted in each process, corrupt what passes through it (or, for
+checkpoint.slow, delay it):
 
     env.obs        an env worker's observation (its first float tensor, first row) becomes NaN
     actor.loss     an actor rank's micro-batch loss becomes NaN
     actor.grad     an actor rank's first gradient after a mini-batch's backward passes becomes NaN
     actor.weights  an actor rank's first parameter becomes NaN before a weight sync
+    checkpoint.slow  the driver's n-th checkpoint waits 2 s between its files and its commit (a slow disk):
+                   the kill drill's moment "checkpoint-write", which a PushCube checkpoint otherwise passes in
+                   a few ms
 
 Unset (always, outside drills) nothing happens: each site costs one dictionary lookup. The variable reaches
 the workers because an in-process Ray starts them from the driver's environment.
@@ -22,7 +26,7 @@ from functools import cache
 import torch
 
 ENV = "INFLOW_FAULT"
-SITES = ("env.obs", "actor.loss", "actor.grad", "actor.weights")
+SITES = ("env.obs", "actor.loss", "actor.grad", "actor.weights", "checkpoint.slow")
 _passes: Counter[str] = Counter()
 
 

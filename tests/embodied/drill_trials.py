@@ -34,6 +34,7 @@ from drills import (
     weights_digest,
 )
 
+from embodied import faults
 from embodied.checkpoint import latest_checkpoint, list_checkpoints
 from embodied.checkpoint_check import verify_checkpoint
 
@@ -67,14 +68,18 @@ def _kill_at(run, target: str, moment: str, total: int, rng: random.Random) -> d
         k = rng.randint(1, total - 2)
         wait_until(lambda: max(logged_iterations(run_dir), default=0) >= k, run, 600)
         time.sleep(rng.uniform(0.0, 0.4))
+        victim = _pick(run, target, rng)
+        noted = run_processes(run.proc.pid)
     else:  # while a checkpoint is being written: its hidden temporary folder exists
+        # the run's second checkpoint pauses 2 s before its commit (fault checkpoint.slow; a one-rank actor
+        # writes a PushCube checkpoint in a few ms, less than listing the processes takes)
+        victim = _pick(run, target, rng)
+        noted = run_processes(run.proc.pid)
         folder = run_dir / "checkpoints"
         wait_until(lambda: any(p.name.startswith(".iter_") for p in folder.iterdir()), run, 600, poll=0.002)
-    victim = _pick(run, target, rng)
-    noted = run_processes(run.proc.pid)
-    iterations = logged_iterations(run_dir)
     name = f"{victim.pid} {victim.name()}"  # before the kill: a reaped process has no name
     os.kill(victim.pid, 9)
+    iterations = logged_iterations(run_dir)
     return {
         "victim": name,
         "noted": noted,
@@ -89,7 +94,8 @@ def kill_trial(
     checkpoint, by its digest (filled and reused across trials: training is deterministic on CPU)."""
     rng, checks = random.Random(seed), Checks()
     overrides = (f"run.total_env_steps={total * STEPS}",)
-    first = start_run(workdir, "killed", *overrides)
+    slow = {faults.ENV: "checkpoint.slow@2"} if moment == "checkpoint-write" else None
+    first = start_run(workdir, "killed", *overrides, env=slow)
     try:
         kill = _kill_at(first, target, moment, total, rng)
         first.proc.wait(timeout=180)
