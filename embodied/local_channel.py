@@ -9,7 +9,9 @@ torch tensor costs ~0.1-0.2 ms each way (torch's own reduction), a numpy array ~
 messages per chunk step, so on a 2-core machine this is ~10 % of a PushCube rollout.
 
 The receiver listens on an abstract Unix socket (Linux: a name, no file to clean up) from a daemon thread
-that hands each frame to the process's mailbox; the sender keeps one connection per receiver. Where this is
+that hands each frame to the process's mailbox; the sender keeps one connection per receiver. An abstract
+socket has no file permissions, so the listener accepts only processes of its own user (SO_PEERCRED): frames
+are unpickled, and another user's process must not be able to send one. Where this is
 not possible (another machine, another OS, a receiver that has gone), `embodied.channel` falls back to Ray.
 """
 
@@ -95,6 +97,9 @@ class Listener:
                 conn, _ = self._server.accept()
             except OSError:
                 return
+            if peer_uid(conn) != os.getuid():  # abstract sockets have no file permissions: check the peer
+                conn.close()
+                continue
             threading.Thread(target=self._read, args=(conn,), name="mailbox-reader", daemon=True).start()
 
     def _read(self, conn: socket.socket) -> None:
@@ -109,6 +114,14 @@ class Listener:
                     return
                 channel, key, seq = pickle.loads(head)
                 self._deliver(channel, key, seq, payload)
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The user id of the process at the other end of a Unix socket (SO_PEERCRED: pid, uid, gid)."""
+    _, uid, _ = struct.unpack(
+        "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    )
+    return uid
 
 
 def supported() -> bool:

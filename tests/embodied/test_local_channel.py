@@ -66,6 +66,18 @@ def test_a_listener_receives_each_senders_frames_in_order():
     assert got == [("observations", ("env", 1), seq, p) for seq, p in enumerate(payloads)]
 
 
+def test_a_listener_drops_connections_from_another_user(monkeypatch):
+    frames: queue.Queue = queue.Queue()
+    listener = local_channel.Listener(lambda *frame: frames.put(frame))
+    me = local_channel.os.getuid()
+    monkeypatch.setattr(
+        local_channel.os, "getuid", lambda: me + 1
+    )  # the listener now belongs to another user
+    local_channel.Senders().send(listener.name, "c", "k", 0, b"not for you")
+    with pytest.raises(queue.Empty):
+        frames.get(timeout=1.0)
+
+
 def test_sending_to_a_listener_that_does_not_exist_reports_false():
     assert not local_channel.Senders().send(f"inflow-nobody-{uuid.uuid4().hex}", "c", "k", 0, b"x")
 
