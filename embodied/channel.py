@@ -46,7 +46,7 @@ class _ByRef:
 class _Packed:
     """An item in the wire format of `embodied.local_channel`; the mailbox decodes it on `get`."""
 
-    data: bytes
+    data: bytes | bytearray
 
 
 def payload_bytes(item: Any) -> int:

@@ -65,11 +65,11 @@ def encode(item: Any) -> bytes:
     return buffer.getvalue()
 
 
-def decode(data: bytes) -> Any:
+def decode(data: bytes | bytearray) -> Any:
     return pickle.loads(data)
 
 
-def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
+def _recv_exactly(conn: socket.socket, size: int) -> bytearray | None:
     buffer = bytearray(size)
     view, got = memoryview(buffer), 0
     while got < size:
@@ -77,13 +77,13 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
         if n == 0:
             return None
         got += n
-    return bytes(buffer)
+    return buffer
 
 
 class Listener:
     """An abstract Unix socket in this process whose frames go to `deliver(channel, key, seq, payload)`."""
 
-    def __init__(self, deliver: Callable[[str, Hashable, int, bytes], None]) -> None:
+    def __init__(self, deliver: Callable[[str, Hashable, int, bytearray], None]) -> None:
         self.name = f"inflow-mailbox-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._deliver = deliver
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -68,18 +68,15 @@ def _kill_at(run, target: str, moment: str, total: int, rng: random.Random) -> d
         k = rng.randint(1, total - 2)
         wait_until(lambda: max(logged_iterations(run_dir), default=0) >= k, run, 600)
         time.sleep(rng.uniform(0.0, 0.4))
-        victim = _pick(run, target, rng)
-        noted = run_processes(run.proc.pid)
-    else:  # while a checkpoint is being written: its hidden temporary folder exists
-        # the run's second checkpoint pauses 2 s before its commit (fault checkpoint.slow; a one-rank actor
-        # writes a PushCube checkpoint in a few ms, less than listing the processes takes)
-        victim = _pick(run, target, rng)
-        noted = run_processes(run.proc.pid)
+    else:  # while a checkpoint is being written: its hidden temporary folder exists (for 2 s: the run has the
+        # fault checkpoint.slow; a one-rank actor writes a PushCube checkpoint in a few ms)
         folder = run_dir / "checkpoints"
         wait_until(lambda: any(p.name.startswith(".iter_") for p in folder.iterdir()), run, 600, poll=0.002)
+    victim = _pick(run, target, rng)
+    noted = run_processes(run.proc.pid)
+    iterations = logged_iterations(run_dir)
     name = f"{victim.pid} {victim.name()}"  # before the kill: a reaped process has no name
     os.kill(victim.pid, 9)
-    iterations = logged_iterations(run_dir)
     return {
         "victim": name,
         "noted": noted,

@@ -70,9 +70,8 @@ def test_a_listener_drops_connections_from_another_user(monkeypatch):
     frames: queue.Queue = queue.Queue()
     listener = local_channel.Listener(lambda *frame: frames.put(frame))
     me = local_channel.os.getuid()
-    monkeypatch.setattr(
-        local_channel.os, "getuid", lambda: me + 1
-    )  # the listener now belongs to another user
+    # the listener now belongs to another user
+    monkeypatch.setattr(local_channel.os, "getuid", lambda: me + 1)
     local_channel.Senders().send(listener.name, "c", "k", 0, b"not for you")
     with pytest.raises(queue.Empty):
         frames.get(timeout=1.0)
