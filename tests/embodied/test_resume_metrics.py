@@ -64,6 +64,7 @@ def test_a_resumed_run_sends_wandb_the_steps_a_killed_driver_lost(tmp_path):
     sends the steps up to its checkpoint again from metrics.csv; W&B keeps the first value per step."""
     import shutil
 
+    import wandb
     from drills import wandb_after_sync, wandb_segments
 
     offline = LoggerConfig.from_dict({"wandb": {"mode": "offline"}})
@@ -77,4 +78,7 @@ def test_a_resumed_run_sends_wandb_the_steps_a_killed_driver_lost(tmp_path):
     for i in (4, 5):
         logger.log({"progress/iteration": i}, step=10 * i)
     logger.close()
+    # finish() returns once the service has the exit record; its file writer may still hold the last rows
+    # (CI once read an empty segment here). teardown() waits for the service to stop, files closed.
+    wandb.teardown()
     assert wandb_after_sync(wandb_segments(tmp_path)) == [1, 2, 3, 4, 5]
