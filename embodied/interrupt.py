@@ -50,9 +50,17 @@ class _State:
 _state = _State()
 
 
+def signal_of(exc: KeyboardInterrupt) -> int | None:
+    """The signal that stopped the run: an `Interrupted`'s own; for a plain KeyboardInterrupt the first signal
+    the handler saw, if any. Ray's C++ `get`/`wait` runs the handler while it waits and turns the exception it
+    raised into a new, plain KeyboardInterrupt, so the `Interrupted` itself may not reach the caller."""
+    return exc.signum if isinstance(exc, Interrupted) else _state.signum
+
+
 def exit_code(exc: KeyboardInterrupt) -> int:
-    """128 + the signal of an `Interrupted`; 130 for a plain KeyboardInterrupt."""
-    return exc.exit_code if isinstance(exc, Interrupted) else 130
+    """128 + the signal that stopped the run; 130 (SIGINT's) when no handler saw one."""
+    signum = signal_of(exc)
+    return 128 + (signum if signum is not None else signal.SIGINT)
 
 
 def _say(text: str) -> None:

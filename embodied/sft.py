@@ -70,9 +70,8 @@ def check_demos_for_spec(info, spec: EnvSpec, path: Path) -> None:
 
 def supervise(config, config_tree: dict, started: float | None = None) -> dict[str, float]:
     """Run a whole SFT job for a validated `SFTConfig`; returns the last evaluation's metrics. An
-    `Interrupted` leaves with the run folder in its `run_dir` (as `embodied.train.train`)."""
+    KeyboardInterrupt leaves with the run folder in its `run_dir` (as `embodied.train.train`)."""
     from embodied.checkpoint import find_resume
-    from embodied.interrupt import Interrupted
     from embodied.train import _output_root
 
     runs_of_name = _output_root(config) / config.run.name
@@ -80,7 +79,7 @@ def supervise(config, config_tree: dict, started: float | None = None) -> dict[s
     run_dir = resume_target[0] if resume_target else runs_of_name / time.strftime("%Y%m%d-%H%M%S")
     try:
         return _supervise(config, config_tree, run_dir, resume_target, started)
-    except Interrupted as exc:
+    except KeyboardInterrupt as exc:  # an `Interrupted`, or the plain one Ray's get makes of it
         exc.run_dir = run_dir
         raise
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,10 +40,9 @@ def _output_root(config) -> Path:
 
 def train(config, config_tree: dict, started: float | None = None) -> dict[str, float]:
     """Run a whole training job for a validated config; returns the last evaluation's metrics. `started`
-    (time.monotonic()) is when the job began, for `progress/wall_minutes`; default: now. An `Interrupted`
+    (time.monotonic()) is when the job began, for `progress/wall_minutes`; default: now. A KeyboardInterrupt
     (Ctrl-C, SIGTERM; see embodied.interrupt) leaves with the run folder in its `run_dir`."""
     from embodied.checkpoint import find_resume
-    from embodied.interrupt import Interrupted
     from embodied.preflight import check_before_start
 
     runs_of_name = _output_root(config) / config.run.name
@@ -51,7 +51,7 @@ def train(config, config_tree: dict, started: float | None = None) -> dict[str, 
     run_dir = resume_target[0] if resume_target else runs_of_name / time.strftime("%Y%m%d-%H%M%S")
     try:
         return _train(config, config_tree, run_dir, resume_target, started)
-    except Interrupted as exc:
+    except KeyboardInterrupt as exc:  # an `Interrupted`, or the plain one Ray's get makes of it
         exc.run_dir = run_dir
         raise
 
@@ -151,9 +151,10 @@ def interrupted_message(exc: KeyboardInterrupt, argv: list[str], module: str = "
     """One line: what stopped the run, its last complete checkpoint and the exact command that resumes it
     (`module`: the one `python -m` runs, when no launcher script set INFLOW_LAUNCHER)."""
     from embodied.checkpoint import latest_checkpoint, read_counters
-    from embodied.interrupt import Interrupted
+    from embodied.interrupt import signal_of
 
-    what = f"interrupted by {exc.signal_name}" if isinstance(exc, Interrupted) else "interrupted"
+    signum = signal_of(exc)
+    what = "interrupted" if signum is None else f"interrupted by {signal.Signals(signum).name}"
     run_dir = getattr(exc, "run_dir", None)
     checkpoint = latest_checkpoint(run_dir) if run_dir is not None else None
     if checkpoint is None:

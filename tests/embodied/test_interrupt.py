@@ -38,7 +38,10 @@ def test_a_signal_raises_interrupted_with_the_shell_exit_code():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises before this ends
     assert caught.value.exit_code == 143 and caught.value.signal_name == "SIGTERM"
-    assert exit_code(caught.value) == 143 and exit_code(KeyboardInterrupt()) == 130
+    assert exit_code(caught.value) == 143
+    assert exit_code(KeyboardInterrupt()) == 143  # plain, after the handler saw SIGTERM (Ray's get: below)
+    with handling_signals():
+        assert exit_code(KeyboardInterrupt()) == 130  # no signal seen: Python's own Ctrl-C
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
 
 
@@ -65,6 +68,33 @@ def test_handlers_are_installed_even_where_sigint_was_inherited_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_plain_keyboard_interrupt_after_a_signal_keeps_the_run_folder_and_the_signal(tmp_path, monkeypatch):
+    """Ray's get and wait run the handler while they wait and raise a new, plain KeyboardInterrupt in place of
+    its `Interrupted`: a PickCube run stopped there printed "nothing to resume" beside 18 checkpoints. The run
+    folder and the signal must survive that."""
+    import embodied.train as train_module
+    from embodied.compose import load_config
+
+    def stopped_inside_ray_get(config, tree, run_dir, resume_target, started):
+        run_dir.mkdir(parents=True)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        except Interrupted:  # what Ray's get does with the handler's exception
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(train_module, "_train", stopped_inside_ray_get)
+    config, tree = load_config("maniskill_ppo_pushcube", [f"run.output_dir={tmp_path}"])
+    with handling_signals():
+        with pytest.raises(KeyboardInterrupt) as caught:
+            train_module.train(config, tree)
+        exc = caught.value
+        assert not isinstance(exc, Interrupted) and exit_code(exc) == 143
+    assert exc.run_dir.parent == tmp_path / "maniskill_ppo_pushcube"
+    message = train_module.interrupted_message(exc, ["maniskill_ppo_pushcube"])
+    assert message.startswith("interrupted by SIGTERM before the first checkpoint was written")
 
 
 # -- whole runs ------------------------------------------------------------------------------------------------------
