@@ -101,6 +101,23 @@ class ActorConfig(Config):
         "supervised (SFT) checkpoint, whose value head starts untrained; 0: off",
         ge=0,
     )
+    demos: str | None = param(
+        None,
+        help="demonstrations (a LeRobot dataset folder or a ManiSkill .h5) for a behaviour-cloning term in every "
+        "RL mini-batch: RL with demonstrations, DAPG-style (embodied/demo_term.py); null: off",
+    )
+    demo_coef: float = param(
+        1.0,
+        help="weight of the demonstrations' supervised loss at the first update (with actor.demos)",
+        ge=0.0,
+    )
+    demo_coef_decay: float = param(
+        1.0,
+        help="the weight is demo_coef * demo_coef_decay**k at the run's k-th update (1: constant)",
+        gt=0.0,
+        le=1.0,
+    )
+    demo_batch_size: int = param(256, help="demonstration frames per mini-batch step (per actor rank)", ge=1)
     bootstrap_on_termination: bool = param(
         False,
         help="bootstrap terminated episodes from their final observation's value, like truncated ones "

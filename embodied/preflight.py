@@ -4,7 +4,8 @@ A mistake found here costs the user nothing: no Ray start-up (3-8 s), no simulat
 run folder. `check_before_start` raises ConfigError (a key whose value cannot work) or CheckpointError (the
 checkpoint `resume=` names is damaged or does not fit the policy), both exit code 2:
 
-    paths      the files and folders the config names exist (policy.pretrained, tokenizers, data files)
+    paths      the files and folders the config names exist (policy.pretrained, tokenizers, data files);
+               actor.demos can be read and was recorded in the run's env
     slots      the placement fits this machine's slots (in-process Ray: its GPUs, else its CPUs or
                cluster.num_slots); joining a cluster by address, only the syntax can be checked here
     routing    env.num_envs, env.group_size and rollout.pipeline_stages divide over the workers
@@ -40,6 +41,10 @@ def check_before_start(
     """Raise ConfigError or CheckpointError for the first thing that cannot work (see the module docstring).
     `resume_target`: (run folder, checkpoint) that `resume=` names; `components`: those the run starts."""
     check_paths(config)
+    if "actor" in components and hasattr(config, "actor"):
+        from embodied.demo_term import check_demo_config
+
+        check_demo_config(config)
     placement = check_slots(config, components)
     if placement is not None:
         check_routing(config, placement)

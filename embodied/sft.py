@@ -41,12 +41,13 @@ def demos_path(config) -> Path:
     return path
 
 
-def check_demos_for_env(info, env: EnvConfig, path: Path) -> None:
-    """The dataset was recorded for this env: same task, observation and control mode (where the env has them)."""
+def check_demos_for_env(info, env: EnvConfig, path: Path, key: str = "sft.demos") -> None:
+    """The dataset was recorded for this env: same task, observation and control mode (where the env has them);
+    `key` names the config key in the error."""
     for demo_key, env_key in DEMO_ENV_FIELDS:
         if hasattr(env, env_key) and getattr(info, demo_key) != getattr(env, env_key):
             raise ConfigError(
-                f"sft.demos={path} was recorded with {demo_key}={getattr(info, demo_key)!r} but "
+                f"{key}={path} was recorded with {demo_key}={getattr(info, demo_key)!r} but "
                 f"env.{env_key}={getattr(env, env_key)!r}: use demonstrations of this env, or set "
                 f"env.{env_key}={getattr(info, demo_key)}"
             )

@@ -20,6 +20,7 @@ from algorithms.config import AlgorithmConfig
 from algorithms.objective import LossDenominators, LossInputs, compute_loss, loss_denominators
 from embodied import faults
 from embodied.config import ActorConfig
+from embodied.demo_term import DemoTerm
 from embodied.nonfinite import NonFiniteGuard
 from embodied.trajectory import TrainBatch
 from policies.base import Policy
@@ -151,6 +152,7 @@ def minibatch_step(
     comm: Collectives,
     guard: NonFiniteGuard | None = None,
     critic_only: bool = False,
+    demo: tuple[DemoTerm, float] | None = None,
 ) -> tuple[dict[str, float], bool]:
     """Forward/backward over the micro-batches of one mini-batch, then one optimizer step.
 
@@ -159,6 +161,8 @@ def minibatch_step(
     NaN/inf (embodied.nonfinite): it raises, or drops the step and marks the metrics `nonfinite_skipped`.
     `critic_only` (actor.critic_warmup_iterations): the step applies the value head's gradients only; the other
     parameters' gradients are dropped before clipping, so they neither move nor enter the optimizer's state.
+    `demo` (term, weight): its backward runs first, with FSDP2's gradient reduction left to the last RL
+    micro-batch, which reaches every parameter (a supervised loss may leave the value head out).
     """
     size = len(minibatch)
     micro = actor.micro_batch_size or size
@@ -168,6 +172,10 @@ def minibatch_step(
         d = loss_denominators(_loss_inputs(part), algorithm)
         denominators = d if denominators is None else denominators + d
     sums: dict[str, float] = defaultdict(float)
+    demo_loss = None
+    if demo is not None and not critic_only and demo[1] > 0:
+        comm.gradient_sync(policy, False)
+        demo_loss = demo[0].backward(policy, demo[1])
     mine = comm.share(parts)
     for k, part in mine:
         comm.gradient_sync(policy, k == mine[-1][0])
@@ -182,6 +190,8 @@ def minibatch_step(
         for name, value in metrics.items():
             sums[name] += float(value) * (1.0 if name in ADDITIVE_METRICS else len(part) / size)
     comm.combine(policy, sums)
+    if demo_loss is not None:  # after combine: online scaling's members sum the same metric names
+        sums["demo_loss"] = demo_loss
     sums["approx_kl"] = comm.mean(sums["approx_kl"])
     if actor.target_kl is not None and sums["approx_kl"] > actor.target_kl:
         optimizer.zero_grad(set_to_none=True)
@@ -210,12 +220,15 @@ def ppo_update(
     comm: Collectives | None = None,
     guard: NonFiniteGuard | None = None,
     critic_only: bool = False,
+    demo: tuple[DemoTerm, float] | None = None,
 ) -> dict[str, float]:
     """`actor.update_epochs` passes over `batch` in `actor.num_minibatches` shuffled mini-batches.
 
     Returns metrics named `train/actor/*` and `train/critic/*`, averaged over the applied mini-batches;
     `train/actor/nonfinite_skipped` counts the mini-batches `guard` dropped (run.on_nonfinite=skip).
     `critic_only`: a critic warm-up update (only the value head moves; `train/critic/warmup` is 1).
+    `demo`: (the demonstrations' behaviour-cloning term, its weight) added to every mini-batch step
+    (embodied/demo_term.py); not in critic warm-up updates.
     """
     if critic_only and batch.returns is None:
         raise ValueError(
@@ -240,7 +253,7 @@ def ppo_update(
                 guard.position = f"update epoch {epoch + 1}, mini-batch {m + 1}"
             minibatch = batch.select(order[m * size : (m + 1) * size])
             metrics, ok = minibatch_step(
-                policy, optimizer, minibatch, actor, algorithm, comm, guard, critic_only
+                policy, optimizer, minibatch, actor, algorithm, comm, guard, critic_only, demo
             )
             if not ok:
                 stopped = True

@@ -20,6 +20,7 @@ from embodied import faults, fsdp
 from embodied.channel import Channel
 from embodied.checkpoint import OPTIMIZER_FILE, CheckpointError, load_torch_file
 from embodied.config import ActorConfig
+from embodied.demo_term import DemoTerm
 from embodied.devices import move_module, move_optimizer, release_cache
 from embodied.nonfinite import NonFiniteGuard, check_weights
 from embodied.routing import RolloutPlan
@@ -58,6 +59,7 @@ class ActorWorker(Worker):
         self.version = 0
         self.batch: TrainBatch | None = None
         self.from_rollout: Channel | None = None
+        self.demo: DemoTerm | None = None  # actor.demos: the behaviour-cloning term (embodied/demo_term.py)
 
     def master_address(self) -> tuple[str, int]:
         import ray
@@ -80,6 +82,9 @@ class ActorWorker(Worker):
             self.reference = fsdp.shard(self.reference.to(self.device), device, a.precision, True)
         self.optimizer = build_optimizer(self.policy, a)
         self.comm = Collectives(distributed=True, device=self.device)
+        if a.demos is not None:
+            horizon = self.policy.action_horizon
+            self.demo = DemoTerm(a, horizon, self.seed, self.info.rank, self.info.world_size)
         self._offload()
 
     def connect(self, from_rollout: Channel) -> None:
@@ -136,6 +141,11 @@ class ActorWorker(Worker):
         self._onload()
         lr = schedule_lr(self.optimizer, self.actor, progress)
         guard = NonFiniteGuard(self.on_nonfinite, f"actor worker rank {self.info.rank}")
+        warmup = self.version < self.actor.critic_warmup_iterations  # the run's first updates
+        demo, extra = None, {}
+        if self.demo is not None and not warmup:  # k counts the updates that move the policy
+            weight = self.demo.weight(self.version - self.actor.critic_warmup_iterations)
+            demo, extra = (self.demo, weight), {"train/actor/demo_weight": weight}
         metrics = ppo_update(
             self.policy,
             self.optimizer,
@@ -145,11 +155,12 @@ class ActorWorker(Worker):
             self.generator,
             self.comm,
             guard,
-            critic_only=self.version < self.actor.critic_warmup_iterations,  # the run's first updates
+            critic_only=warmup,
+            demo=demo,
         )
         self.batch = None
         self.version += 1
-        return metrics | {"train/lr": lr}
+        return metrics | extra | {"train/lr": lr}
 
     def sync_weights(self) -> dict | None:
         """All ranks: gather the full weights. Rank 0 returns {"version", "state"}; the others None. Weights
@@ -179,10 +190,10 @@ class ActorWorker(Worker):
             write_pretrained(folder / "policy", self.policy_config, self.env_spec, state)
             torch.save(optimizer, folder / OPTIMIZER_FILE)
             (folder / "actor.json").write_text(json.dumps({"version": self.version}))
-        torch.save(
-            {"rng": self.get_rng_state(), "generator": self.generator.get_state()},
-            folder / f"rng_actor_{self.info.rank}.pt",
-        )
+        state = {"rng": self.get_rng_state(), "generator": self.generator.get_state()}
+        if self.demo is not None:  # where this rank is in the demonstrations
+            state["demo"] = self.demo.state()
+        torch.save(state, folder / f"rng_actor_{self.info.rank}.pt")
 
     def load_checkpoint(self, directory: str) -> int:
         """All ranks: weights, optimizer state, RNG and version from a checkpoint folder; returns the version."""
@@ -206,6 +217,8 @@ class ActorWorker(Worker):
             saved = load_torch_file(rng_file)
             self.set_rng_state(saved["rng"])
             self.generator.set_state(saved["generator"])
+            if self.demo is not None and "demo" in saved:
+                self.demo.load_state(saved["demo"])
         self.version = json.loads((folder / "actor.json").read_text())["version"]
         return self.version
 

@@ -173,3 +173,43 @@ def test_each_rank_sees_its_share_of_every_epoch(setup):
     ranks[0].train_batch(3)  # the next epoch starts, with a new order
     assert (ranks[0].epoch, ranks[0].cursor) == (1, 3)
     assert not np.array_equal(ranks[0]._epoch_order(1), ranks[0]._epoch_order(0))
+
+
+def test_rl_with_the_demos_behaviour_cloning_term_on_two_actor_ranks(setup, sft_run):
+    """actor.demos: the RL run from the SFT checkpoint adds the demos' supervised loss to every mini-batch step,
+    weighted demo_coef * decay**k from the first policy update on (after one critic warm-up update), over FSDP2's
+    two ranks; the term starts near the SFT run's own training loss (it starts from the weights SFT left)."""
+    import csv
+
+    from embodied.train import train
+
+    root, demos = setup
+    _, _, sft_dir = sft_run
+    overrides = [
+        f"policy.pretrained={sft_dir / 'checkpoints' / 'iter_000003' / 'policy'}",
+        f"actor.demos={demos}",
+        "actor.demo_coef=2.0",
+        "actor.demo_coef_decay=0.5",
+        "actor.demo_batch_size=8",
+        "actor.critic_warmup_iterations=1",
+        "run.total_env_steps=96",  # 3 iterations of 4 envs x 8 steps
+        "checkpoint.at_end=true",
+        f"run.output_dir={root / 'rl_demos'}",
+    ]
+    config, tree = load_config(str(root / "ct_ppo.yaml"), overrides)
+    train(config, tree)
+    (run_dir,) = (root / "rl_demos" / "ct_ppo").iterdir()
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    weights = {int(r["step"]): float(r["value"]) for r in rows if r["key"] == "train/actor/demo_weight"}
+    losses = {int(r["step"]): float(r["value"]) for r in rows if r["key"] == "train/actor/demo_loss"}
+    assert weights == {64: 2.0, 96: 1.0}  # none at 32: the critic warm-up update
+    sft_loss = scalars(sft_dir, "train/sft/loss")[60]
+    assert set(losses) == {64, 96} and all(0 < v < 3 * sft_loss + 0.05 for v in losses.values()), losses
+    # each rank's place in the demos is in the checkpoint (resume continues there): 2 updates x 1 epoch x 2
+    # mini-batches x 8 frames drawn from its share of all the demos' frames
+    checkpoint = sorted((run_dir / "checkpoints").glob("iter_*"))[-1]
+    share = DemoBatches(open_demos(demos), 1, 0.0, config.run.seed, 0, 2).epoch_size // 2
+    epoch, cursor = divmod(32, share)
+    for rank in (0, 1):
+        saved = torch.load(checkpoint / f"rng_actor_{rank}.pt", weights_only=False)
+        assert saved["demo"] == {"epoch": epoch, "cursor": cursor}, (saved["demo"], share)
