@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
 import time
 from collections import Counter
@@ -207,10 +208,12 @@ def evaluate_policy(config, tree: dict, source: PolicySource) -> tuple[Path, dic
 
 def interrupted_message(exc: KeyboardInterrupt, argv: list[str]) -> str:
     """One line: what stopped the evaluation, what it kept, and the command that runs it again."""
-    from embodied.interrupt import Interrupted
+    from embodied.interrupt import signal_of
     from embodied.train import launch_command
 
-    what = f"interrupted by {exc.signal_name if isinstance(exc, Interrupted) else 'SIGINT'}"
+    # None: a KeyboardInterrupt that no handler saw (Python's own SIGINT handler raised it)
+    signum = signal_of(exc)
+    what = f"interrupted by {signal.Signals(signum if signum is not None else signal.SIGINT).name}"
     out_dir, episodes = getattr(exc, "out_dir", None), getattr(exc, "episodes", [])
     again = shlex.join(launch_command(argv, "embodied.eval_policy"))
     if episodes:

@@ -52,9 +52,12 @@ _state = _State()
 
 def signal_of(exc: KeyboardInterrupt) -> int | None:
     """The signal that stopped the run: an `Interrupted`'s own; for a plain KeyboardInterrupt the first signal
-    the handler saw, if any. Ray's C++ `get`/`wait` runs the handler while it waits and turns the exception it
-    raised into a new, plain KeyboardInterrupt, so the `Interrupted` itself may not reach the caller."""
-    return exc.signum if isinstance(exc, Interrupted) else _state.signum
+    the handler saw, if any (stamped on it as it left `handling_signals`, or the one seen so far inside). Ray's
+    C++ `get`/`wait` runs the handler while it waits and turns the exception it raised into a new, plain
+    KeyboardInterrupt, so the `Interrupted` itself may not reach the caller."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    return getattr(exc, "inflow_signum", _state.signum)
 
 
 def exit_code(exc: KeyboardInterrupt) -> int:
@@ -126,11 +129,18 @@ def uninstall() -> None:
 
 @contextmanager
 def handling_signals() -> Iterator[None]:
+    """The handlers installed for the block. A KeyboardInterrupt leaving it carries the signal the handler saw
+    (`signal_of`), and that signal is forgotten: a later interrupt in this process is not named after it."""
     install()
     try:
         yield
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, Interrupted):
+            exc.inflow_signum = _state.signum
+        raise
     finally:
         uninstall()
+        _state.signum = None
 
 
 @contextmanager

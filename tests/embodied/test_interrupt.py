@@ -39,7 +39,15 @@ def test_a_signal_raises_interrupted_with_the_shell_exit_code():
             time.sleep(5)  # the handler raises before this ends
     assert caught.value.exit_code == 143 and caught.value.signal_name == "SIGTERM"
     assert exit_code(caught.value) == 143
-    assert exit_code(KeyboardInterrupt()) == 143  # plain, after the handler saw SIGTERM (Ray's get: below)
+    # a plain KeyboardInterrupt after the handler saw SIGTERM (what Ray's get raises: below) carries it out
+    with pytest.raises(KeyboardInterrupt) as plain:
+        with handling_signals():
+            with pytest.raises(Interrupted):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            raise KeyboardInterrupt
+    assert exit_code(plain.value) == 143
+    assert exit_code(KeyboardInterrupt()) == 130  # and the signal is forgotten once the block is left
     with handling_signals():
         assert exit_code(KeyboardInterrupt()) == 130  # no signal seen: Python's own Ctrl-C
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
@@ -87,11 +95,11 @@ def test_a_plain_keyboard_interrupt_after_a_signal_keeps_the_run_folder_and_the_
 
     monkeypatch.setattr(train_module, "_train", stopped_inside_ray_get)
     config, tree = load_config("maniskill_ppo_pushcube", [f"run.output_dir={tmp_path}"])
-    with handling_signals():
-        with pytest.raises(KeyboardInterrupt) as caught:
+    with pytest.raises(KeyboardInterrupt) as caught:  # as in main(): it leaves handling_signals
+        with handling_signals():
             train_module.train(config, tree)
-        exc = caught.value
-        assert not isinstance(exc, Interrupted) and exit_code(exc) == 143
+    exc = caught.value
+    assert not isinstance(exc, Interrupted) and exit_code(exc) == 143
     assert exc.run_dir.parent == tmp_path / "maniskill_ppo_pushcube"
     message = train_module.interrupted_message(exc, ["maniskill_ppo_pushcube"])
     assert message.startswith("interrupted by SIGTERM before the first checkpoint was written")
