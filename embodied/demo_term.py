@@ -16,9 +16,6 @@ gradients are summed, so it counts once). Critic warm-up updates skip it (the po
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from algorithms.schema import ConfigError
 from embodied.config import ActorConfig
 from embodied.sft_data import DemoBatches
 from policies.base import Policy
@@ -28,11 +25,11 @@ class DemoTerm:
     """The demonstrations of one actor rank and the term's weight schedule."""
 
     def __init__(self, actor: ActorConfig, horizon: int, seed: int, rank: int, world_size: int) -> None:
-        from embodied.preflight import resolve_path
+        from embodied.sft import demos_location
         from envs.demos import open_demos
 
         self.coef, self.decay, self.batch_size = actor.demo_coef, actor.demo_coef_decay, actor.demo_batch_size
-        dataset = open_demos(resolve_path(actor.demos) or actor.demos)
+        dataset = open_demos(demos_location(actor.demos))
         self.batches = DemoBatches(dataset, horizon, 0.0, seed, rank, world_size)
 
     def weight(self, update: int) -> float:
@@ -55,23 +52,9 @@ class DemoTerm:
 def check_demo_config(config) -> None:
     """`actor.demos` of a train config can be read and was recorded in the run's env (ConfigError otherwise);
     nothing to check without it."""
-    actor = config.actor
-    if actor.demos is None:
+    if config.actor.demos is None:
         return
-    from embodied.preflight import resolve_path
-    from embodied.sft import check_demos_for_env
-    from envs.demos import open_demos
+    from embodied.sft import check_demos_for_env, read_demo_info
 
-    path = resolve_path(actor.demos)
-    if path is None:
-        raise ConfigError(
-            f"actor.demos={actor.demos}: {Path(actor.demos).expanduser()} does not exist; give a LeRobot dataset "
-            "folder or a ManiSkill .h5 file (scripts/collect_demos.py makes them), or actor.demos=null"
-        )
-    try:
-        info = open_demos(path).info
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(
-            f"actor.demos={actor.demos}: {path} cannot be read as demonstrations: {exc}"
-        ) from exc
+    path, info = read_demo_info(config.actor.demos, "actor.demos")
     check_demos_for_env(info, config.env, path, key="actor.demos")

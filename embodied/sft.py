@@ -27,18 +27,29 @@ MODULE = "embodied.sft"
 DEMO_ENV_FIELDS = (("env_id", "task"), ("obs_mode", "obs_mode"), ("control_mode", "control_mode"))
 
 
-def demos_path(config) -> Path:
-    """`sft.demos` resolved (relative paths: to the repository root); ConfigError when it does not exist."""
+def demos_location(value: str) -> Path:
+    """The dataset path a `*.demos` key names (relative paths: to the repository root)."""
     from embodied.compose import REPO
 
-    path = Path(config.sft.demos).expanduser()
-    path = path if path.is_absolute() else REPO / path
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else REPO / path
+
+
+def read_demo_info(value: str, key: str):
+    """(path, DemoInfo) of the dataset that config key `key` = `value` names; ConfigError naming the key when it
+    does not exist or cannot be read."""
+    from envs.demos import open_demos
+
+    path = demos_location(value)
     if not path.exists():
         raise ConfigError(
-            f"sft.demos={config.sft.demos}: {path} does not exist; give a LeRobot dataset folder or a ManiSkill .h5 "
-            "file (scripts/collect_demos.py makes them)"
+            f"{key}={value}: {path} does not exist; give a LeRobot dataset folder or a ManiSkill .h5 file "
+            "(scripts/collect_demos.py makes them)"
         )
-    return path
+    try:
+        return path, open_demos(path).info
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{key}={value}: {path} cannot be read as demonstrations: {exc}") from exc
 
 
 def check_demos_for_env(info, env: EnvConfig, path: Path, key: str = "sft.demos") -> None:
@@ -70,7 +81,7 @@ def check_demos_for_spec(info, spec: EnvSpec, path: Path) -> None:
 
 
 def supervise(config, config_tree: dict, started: float | None = None) -> dict[str, float]:
-    """Run a whole SFT job for a validated `SFTConfig`; returns the last evaluation's metrics. An
+    """Run a whole SFT job for a validated `SFTConfig`; returns the last evaluation's metrics. A
     KeyboardInterrupt leaves with the run folder in its `run_dir` (as `embodied.train.train`)."""
     from embodied.checkpoint import find_resume
     from embodied.train import _output_root
@@ -93,15 +104,8 @@ def _supervise(config, config_tree, run_dir: Path, resume_target, started: float
     from embodied.interrupt import protected
     from embodied.logger import MetricLogger
     from embodied.sft_runner import SupervisedComponents, SupervisedCounters, SupervisedRunner
-    from envs.demos import open_demos
 
-    path = demos_path(config)
-    try:
-        info = open_demos(path).info
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(
-            f"sft.demos={config.sft.demos}: {path} cannot be read as demonstrations: {exc}"
-        ) from exc
+    path, info = read_demo_info(config.sft.demos, "sft.demos")
     check_demos_for_env(info, config.env, path)
     cluster = Cluster(config.cluster)
     logger = None

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +16,9 @@ from embodied.eval_checkpoint import CheckpointError, check_policy_matches, reso
 from embodied.eval_policy import interrupted_message, main, task_passes
 from embodied.eval_report import CSV, JSON, MARKDOWN, PLOT, write_report
 from embodied.evaluation import EvalEpisodes, task_schedules
-from embodied.interrupt import Interrupted, handling_signals
 from envs.base import EnvConfig, EnvSpec, make_env
 from policies.base import PolicyConfig, make_policy
+from tests.embodied.test_interrupt import plain_interrupt_after_sigterm
 
 SPEC = EnvSpec(3, (-1.0,) * 3, (1.0,) * 3, 5, None, False, 20, None)
 
@@ -161,13 +158,8 @@ def test_a_ctrl_c_that_ray_raised_as_python_own_keyboard_interrupt_still_names_t
         "interrupted by SIGINT; nothing was written."
     )
     # a SIGTERM the handler saw before Ray's get re-raised it as a plain KeyboardInterrupt (embodied.interrupt)
-    with pytest.raises(KeyboardInterrupt) as caught:
-        with handling_signals():
-            with pytest.raises(Interrupted):
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)
-            raise KeyboardInterrupt
-    assert interrupted_message(caught.value, ["eval_libero"]).startswith("interrupted by SIGTERM; nothing")
+    plain = plain_interrupt_after_sigterm()
+    assert interrupted_message(plain, ["eval_libero"]).startswith("interrupted by SIGTERM; nothing")
 
 
 def test_task_passes_hold_the_envs_of_their_tasks():

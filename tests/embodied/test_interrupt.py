@@ -29,6 +29,18 @@ EXIT_WITHIN_S = 30
 
 
 # -- the handlers, in this process ---------------------------------------------------------------------------------
+def plain_interrupt_after_sigterm() -> KeyboardInterrupt:
+    """What leaves `handling_signals` when the handler saw SIGTERM and Ray's get re-raised its `Interrupted` as a
+    plain KeyboardInterrupt."""
+    with pytest.raises(KeyboardInterrupt) as plain:
+        with handling_signals():
+            with pytest.raises(Interrupted):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises before this ends
+            raise KeyboardInterrupt
+    return plain.value
+
+
 def test_a_signal_raises_interrupted_with_the_shell_exit_code():
     before = signal.getsignal(
         signal.SIGTERM
@@ -40,13 +52,7 @@ def test_a_signal_raises_interrupted_with_the_shell_exit_code():
     assert caught.value.exit_code == 143 and caught.value.signal_name == "SIGTERM"
     assert exit_code(caught.value) == 143
     # a plain KeyboardInterrupt after the handler saw SIGTERM (what Ray's get raises: below) carries it out
-    with pytest.raises(KeyboardInterrupt) as plain:
-        with handling_signals():
-            with pytest.raises(Interrupted):
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(5)
-            raise KeyboardInterrupt
-    assert exit_code(plain.value) == 143
+    assert exit_code(plain_interrupt_after_sigterm()) == 143
     assert exit_code(KeyboardInterrupt()) == 130  # and the signal is forgotten once the block is left
     with handling_signals():
         assert exit_code(KeyboardInterrupt()) == 130  # no signal seen: Python's own Ctrl-C
